@@ -1,0 +1,142 @@
+"""Seam: the RaaS flags on SGLang's server arguments.
+
+Upstream symbols hooked (sglang 0.5.23, `sglang/srt/server_args.py`, `sglang/srt/entrypoints/engine.py`):
+
+- `ServerArgs.add_cli_args` (staticmethod), AFTER: adds `--kv-policy`, `--raas-budget`,
+  `--raas-refresh-ratio` to the stock parser, so `python -m sglang.launch_server --help` lists them.
+- `ServerArgs.from_cli_args` (classmethod), AROUND: `from_cli_args` copies only declared fields, so our values
+  would be dropped; the hook validates them, defaults the page size to 16 under RaaS, and stores the resolved
+  `RaasConfig` on the record as `_raas_config`. Attributes named `_...` may be set at any time and are pickled
+  into every SGLang child process (`ServerArgs.__reduce__` carries `__dict__`).
+- `Engine.server_args_class` (a documented class attribute, set directly; hooking it would rebind `ServerArgs`
+  across SGLang): a factory that accepts `kv_policy=`, `raas_budget=`, `raas_refresh_ratio=`.
+
+Bad values stop the launcher with one line (`SystemExit`) naming the flag and what is allowed; `sgl.Engine`
+raises `raas_sglang.config.ConfigError` (a `ValueError`) instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.abc
+import importlib.util
+import sys
+from typing import Any
+
+from raas_sglang import config as cfg
+from raas_sglang.config import ConfigError, RaasConfig
+
+ATTR = "_raas_config"
+
+
+def config_of(server_args: Any) -> RaasConfig:
+    """The RaaS config a record carries; a record built without the plugin's paths is plain dense."""
+    found = getattr(server_args, ATTR, None)
+    return found if isinstance(found, RaasConfig) else RaasConfig(page_size=server_args.page_size or 1)
+
+
+def add_cli_args(result: Any, parser: argparse.ArgumentParser) -> Any:
+    """AFTER hook on `ServerArgs.add_cli_args`."""
+    group = parser.add_argument_group("RaaS KV policy (raas_sglang plugin)")
+    group.add_argument(
+        "--kv-policy",
+        type=str,
+        default=None,
+        metavar="{" + ",".join(cfg.POLICIES) + "}",
+        help=f"KV cache policy for decoding. 'dense' (default) is stock SGLang; 'raas' keeps the prompt pages "
+        f"pinned and at most --raas-budget tokens of decode KV per request, evicting the page attended "
+        f"longest ago. With 'raas' and no --page-size, the page size is {cfg.RAAS_DEFAULT_PAGE_SIZE}.",
+    )
+    group.add_argument(
+        "--raas-budget",
+        type=str,
+        default=None,
+        metavar="TOKENS",
+        help=f"Decode KV budget per request in tokens, rounded up to whole pages; at least "
+        f"{cfg.MIN_BUDGET_PAGES} pages. Default {cfg.DEFAULT_BUDGET_TOKENS}. Only with --kv-policy raas.",
+    )
+    group.add_argument(
+        "--raas-refresh-ratio",
+        type=str,
+        default=None,
+        metavar="RATIO",
+        help=f"Fraction in (0, 1] of a request's resident decode pages whose 'last attended' timestamp is "
+        f"refreshed each step (top by score). Default {cfg.DEFAULT_REFRESH_RATIO}. Only with --kv-policy raas.",
+    )
+    return result
+
+
+def _given(source: Any) -> dict[str, Any]:
+    return {attr: getattr(source, attr, None) for attr in cfg.FLAGS.values()}
+
+
+def from_cli_args(orig, cls, args: argparse.Namespace):
+    """AROUND hook on `ServerArgs.from_cli_args`."""
+    given = _given(args)
+    try:
+        args.page_size = cfg.default_page_size(given["kv_policy"] or cfg.DEFAULT_POLICY, args.page_size)
+        raas = cfg.resolve(given, args.page_size or 1)
+    except ConfigError as err:
+        raise SystemExit(f"error: {err}") from None
+    server_args = orig(cls, args)
+    setattr(server_args, ATTR, raas)
+    return server_args
+
+
+def engine_server_args(**kwargs: Any):
+    """`Engine.server_args_class` replacement: `ServerArgs(**kwargs)` plus the RaaS keywords."""
+    from sglang.srt.server_args import ServerArgs
+
+    given = {attr: kwargs.pop(attr, None) for attr in cfg.FLAGS.values()}
+    kwargs["page_size"] = cfg.default_page_size(given["kv_policy"] or cfg.DEFAULT_POLICY, kwargs.get("page_size"))
+    raas = cfg.resolve(given, kwargs["page_size"] or 1)
+    if kwargs["page_size"] is None:
+        del kwargs["page_size"]
+    server_args = ServerArgs(**kwargs)
+    setattr(server_args, ATTR, raas)
+    return server_args
+
+
+ENGINE_MODULE = "sglang.srt.entrypoints.engine"
+
+
+def install_engine_factory() -> None:
+    """Point `Engine.server_args_class` at `engine_server_args`, now or as soon as the engine module loads.
+
+    NOTE: importing the engine module costs ~5 s, so it is never imported here just for this; a one-shot
+    `sys.meta_path` finder patches it right after its first import instead.
+    """
+    module = sys.modules.get(ENGINE_MODULE)
+    if module is not None:
+        module.Engine.server_args_class = staticmethod(engine_server_args)
+    elif not any(isinstance(f, _PatchEngineOnImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _PatchEngineOnImport())
+
+
+class _PatchEngineOnImport(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != ENGINE_MODULE:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _PatchAfterExec(spec.loader)
+        return spec
+
+
+class _PatchAfterExec(importlib.abc.Loader):
+    def __init__(self, inner):
+        self.inner = inner
+
+    def create_module(self, spec):
+        return self.inner.create_module(spec)
+
+    def exec_module(self, module):
+        self.inner.exec_module(module)
+        module.Engine.server_args_class = staticmethod(engine_server_args)
+
+
+HOOKS = (
+    ("sglang.srt.server_args.ServerArgs.add_cli_args", add_cli_args, "AFTER"),
+    ("sglang.srt.server_args.ServerArgs.from_cli_args", from_cli_args, "AROUND"),
+)

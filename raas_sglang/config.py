@@ -1,0 +1,124 @@
+"""RaaS server configuration: one frozen record, validated once at startup.
+
+Imports no SGLang. `patches/server_args.py` turns the parsed flags into a `RaasConfig` with `resolve()`; any
+`ConfigError` it raises carries one line that names the flag and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Mapping
+
+POLICIES = ("dense", "raas")
+DEFAULT_POLICY = "dense"
+DEFAULT_BUDGET_TOKENS = 2048
+DEFAULT_REFRESH_RATIO = 0.5
+RAAS_DEFAULT_PAGE_SIZE = 16  # the paper's page size; used when --page-size is not given
+MIN_BUDGET_PAGES = 2  # with one page the only candidate victim is the page being written
+
+# flag name -> the ServerArgs-style attribute that carries it
+FLAGS = {
+    "--kv-policy": "kv_policy",
+    "--raas-budget": "raas_budget",
+    "--raas-refresh-ratio": "raas_refresh_ratio",
+}
+RAAS_ONLY_FLAGS = ("--raas-budget", "--raas-refresh-ratio")
+
+
+class ConfigError(ValueError):
+    """A bad RaaS setting. `str(err)` is one line: the flag, then what is allowed."""
+
+
+@dataclass(frozen=True)
+class RaasConfig:
+    """The resolved RaaS settings that every SGLang process sees.
+
+    NOTE: `budget_tokens` is always a whole number of pages (`budget_pages * page_size`), so
+    `budget_pages >= MIN_BUDGET_PAGES` holds for every record that `resolve` returns.
+    """
+
+    policy: str = DEFAULT_POLICY
+    budget_tokens: int = DEFAULT_BUDGET_TOKENS
+    refresh_ratio: float = DEFAULT_REFRESH_RATIO
+    page_size: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.policy != "dense"
+
+    @property
+    def budget_pages(self) -> int:
+        return self.budget_tokens // self.page_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "budget_pages": self.budget_pages}
+
+
+def _positive_int(flag: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, str) and value.strip().lstrip("+").isdigit():
+            value = int(value)
+        else:
+            raise ConfigError(f"{flag}: must be a positive integer number of tokens, got {value!r}")
+    if value <= 0:
+        raise ConfigError(f"{flag}: must be a positive integer number of tokens, got {value!r}")
+    return value
+
+
+def _ratio(flag: str, value: Any) -> float:
+    try:
+        ratio = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{flag}: must be a number in (0, 1], got {value!r}") from None
+    if isinstance(value, bool) or not (0.0 < ratio <= 1.0) or math.isnan(ratio):
+        raise ConfigError(f"{flag}: must be a number in (0, 1], got {value!r}")
+    return ratio
+
+
+def budget_tokens_for(flag: str, value: Any, page_size: int) -> int:
+    """Round a budget in tokens up to whole pages; refuse it below `MIN_BUDGET_PAGES` pages."""
+    tokens = _positive_int(flag, value)
+    pages = -(-tokens // page_size)
+    if pages < MIN_BUDGET_PAGES:
+        raise ConfigError(
+            f"{flag}: must be at least {MIN_BUDGET_PAGES} pages = {MIN_BUDGET_PAGES * page_size} tokens "
+            f"at page size {page_size}, got {value!r}"
+        )
+    return pages * page_size
+
+
+def default_page_size(policy: str, page_size: int | None) -> int | None:
+    """The page size to run with: RaaS defaults to 16 when `--page-size` was not given."""
+    if page_size is None and policy != "dense":
+        return RAAS_DEFAULT_PAGE_SIZE
+    return page_size
+
+
+def resolve(given: Mapping[str, Any], page_size: int) -> RaasConfig:
+    """Validate the user's RaaS flags and fill defaults.
+
+    `given` maps flag attribute names (`FLAGS` values) to the values the user set; a flag the user did not
+    set is absent or None. `page_size` is the server's final page size.
+    """
+    policy = given.get("kv_policy") or DEFAULT_POLICY
+    if policy not in POLICIES:
+        raise ConfigError(f"--kv-policy: must be one of {', '.join(POLICIES)}, got {policy!r}")
+    if policy == "dense":
+        extra = [f for f in RAAS_ONLY_FLAGS if given.get(FLAGS[f]) is not None]
+        if extra:
+            raise ConfigError(
+                f"{extra[0]}: only allowed with --kv-policy raas (the policy is dense); "
+                f"add --kv-policy raas or drop {', '.join(extra)}"
+            )
+        return RaasConfig(policy=policy, page_size=page_size)
+    budget = given.get("raas_budget")
+    ratio = given.get("raas_refresh_ratio")
+    return RaasConfig(
+        policy=policy,
+        budget_tokens=budget_tokens_for(
+            "--raas-budget", DEFAULT_BUDGET_TOKENS if budget is None else budget, page_size
+        ),
+        refresh_ratio=_ratio("--raas-refresh-ratio", DEFAULT_REFRESH_RATIO if ratio is None else ratio),
+        page_size=page_size,
+    )

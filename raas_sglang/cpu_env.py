@@ -1,0 +1,57 @@
+"""The environment SGLang 0.5.23 needs on a machine without a CUDA device.
+
+SGLang decides CPU vs GPU when `sglang.srt.server_args` is first imported (`is_cpu()` is cached), i.e. before any
+plugin loads, so the switch must be in the environment before Python starts:
+
+- `SGLANG_USE_CPU_ENGINE=1` makes SGLang take its CPU code paths;
+- the folder of our pure-torch `sgl_kernel` stand-in goes first on `PYTHONPATH` (the CPU build of sgl-kernel
+  is not published; the CUDA build that pip installs cannot import without `libcuda.so.1`).
+
+The project's launchers (Makefile, demo, tests, benchmarks) call `launch_env()`; on a CUDA machine it returns
+the environment unchanged, so the real `sgl_kernel` is never shadowed there.
+
+    python -m raas_sglang.cpu_env     # prints the two `export` lines for a shell
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shlex
+from pathlib import Path
+
+SHIM_DIR = str(Path(__file__).resolve().parent / "cpu_shim")
+
+
+@functools.lru_cache(maxsize=1)
+def has_cuda() -> bool:
+    """True when torch sees a CUDA device (imports torch once; cached)."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def cpu_exports(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The variables to add for the CPU engine (empty on a CUDA machine)."""
+    env = os.environ if environ is None else environ
+    if has_cuda():
+        return {}
+    parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != SHIM_DIR]
+    return {"SGLANG_USE_CPU_ENGINE": "1", "PYTHONPATH": os.pathsep.join([SHIM_DIR, *parts])}
+
+
+def launch_env(environ: dict[str, str] | None = None, **extra: str) -> dict[str, str]:
+    """A copy of `environ` (default: this process's) ready to start SGLang on this machine, plus `extra`."""
+    env = dict(os.environ if environ is None else environ)
+    env.update(cpu_exports(env))
+    env.update(extra)
+    return env
+
+
+def main() -> None:
+    for key, value in cpu_exports().items():
+        print(f"export {key}={shlex.quote(value)}")
+
+
+if __name__ == "__main__":
+    main()

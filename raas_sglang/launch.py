@@ -1,0 +1,148 @@
+"""Start and stop a real `python -m sglang.launch_server` for the demo, the tests and the benchmarks.
+
+The server binds 127.0.0.1, runs in its own process group (`start_new_session`), gets the CPU environment from
+`raas_sglang.cpu_env` when there is no CUDA device, and is stopped by its process-group id — never by name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from raas_sglang.cpu_env import has_cuda, launch_env
+
+CPU_ARGS = ("--device", "cpu", "--attention-backend", "torch_native", "--dtype", "float32")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def server_command(model: str | Path, port: int, args: Sequence[str] = ()) -> list[str]:
+    """The launch command; on a machine without CUDA it adds the CPU engine's device/backend/dtype flags."""
+    cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", str(model)]
+    cmd += ["--host", "127.0.0.1", "--port", str(port)]
+    if not has_cuda():
+        given = set(args)
+        for flag, value in zip(CPU_ARGS[::2], CPU_ARGS[1::2]):
+            if flag not in given:
+                cmd += [flag, value]
+    return cmd + list(args)
+
+
+@dataclass
+class Server:
+    """A running server. `url` has no trailing slash. `log_path` holds its stdout and stderr."""
+
+    proc: subprocess.Popen
+    port: int
+    log_path: Path
+    _log: Any = field(repr=False, default=None)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def get(self, path: str, timeout: float = 30) -> Any:
+        with urllib.request.urlopen(self.url + path, timeout=timeout) as resp:
+            return json.loads(resp.read() or b"null")
+
+    def post(self, path: str, body: dict, timeout: float = 600) -> Any:
+        req = urllib.request.Request(
+            self.url + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return json.loads(resp.read())
+
+    def stop(self, timeout: float = 30) -> int | None:
+        """SIGTERM the whole process group, then SIGKILL what is left after `timeout` seconds."""
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.proc.wait(wait)
+                _wait_group_gone(self.proc.pid, wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        if self._log:
+            self._log.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> "Server":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _wait_group_gone(pgid: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    raise subprocess.TimeoutExpired(f"process group {pgid}", timeout)
+
+
+class ServerFailed(RuntimeError):
+    pass
+
+
+def start_server(
+    model: str | Path,
+    args: Sequence[str] = (),
+    *,
+    port: int | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 300,
+    log_path: str | Path | None = None,
+) -> Server:
+    """Launch a server and wait until `/health` answers 200. Raises `ServerFailed` with the log tail."""
+    port = port or free_port()
+    if log_path is None:
+        log_path = Path(tempfile.mkstemp(prefix=f"sglang-{port}-", suffix=".log")[1])
+    log_path = Path(log_path)
+    log = open(log_path, "w")
+    proc = subprocess.Popen(
+        server_command(model, port, args),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=launch_env(env),
+        start_new_session=True,
+    )
+    server = Server(proc, port, log_path, log)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            server.stop()
+            raise ServerFailed(f"server exited with {proc.returncode}:\n{server.log_text()[-4000:]}")
+        try:
+            with urllib.request.urlopen(server.url + "/health", timeout=5) as resp:
+                if resp.status == 200:
+                    return server
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(1)
+    server.stop()
+    raise ServerFailed(f"server not healthy after {timeout:.0f} s:\n{server.log_text()[-4000:]}")
