@@ -1,0 +1,40 @@
+# raas_sglang: two commands, `make demo` and `make test`. Each first installs whatever is missing:
+# a .venv at the repo root with the pinned dependencies (sglang==0.5.23: ~4 min, ~11 GB), then the tiny model.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -ec
+.DEFAULT_GOAL := test
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.raas-installed
+MODEL := .models/tiny/raas_build.json
+# The CPU engine's environment (empty on a CUDA machine): see raas_sglang/cpu_env.py.
+CPU_ENV = eval "$$($(PY) -m raas_sglang.cpu_env)"
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-gpu clean-venv
+
+setup: $(STAMP) $(MODEL)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "[setup] installing sglang==0.5.23 and raas_sglang into $(VENV) (first time: ~4 min, ~11 GB)"
+	@$(PY) -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
+	@touch $(STAMP)
+
+$(MODEL): $(STAMP) raas_sglang/tiny_model.py
+	@echo "[setup] building the tiny model in .models/tiny (offline, deterministic)"
+	@$(PY) -m raas_sglang.tiny_model >/dev/null 2>&1 || $(PY) -m raas_sglang.tiny_model
+
+demo: setup
+	@$(CPU_ENV) && $(PY) -m raas_sglang.demo
+
+test: setup
+	@$(CPU_ENV) && $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-gpu: setup
+	@$(PY) -m pytest -m gpu $(PYTEST_ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""Benchmarks (`python -m bench.<name> --json PATH`), per ../shared/measure.md. Added from step 2 on."""

@@ -1,0 +1,43 @@
+"""Shared fixtures: the tiny model, servers shared per test module, and a plugin-presence guard."""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import pytest
+
+from raas_sglang import tiny_model
+from raas_sglang.cpu_env import has_cuda
+from raas_sglang.launch import Server, start_server
+
+REPO = Path(__file__).resolve().parent.parent
+SMALL_POOL = ("--max-total-tokens", "4096", "--mem-fraction-static", "0.5")
+
+
+def pytest_configure(config):
+    names = {ep.name: ep.value for ep in entry_points(group="sglang.srt.plugins")}
+    if names.get("raas") != "raas_sglang.patches:register":
+        raise pytest.UsageError(
+            f"the raas plugin is not registered with SGLang (entry points: {names}); run `make test`, which "
+            f"installs the project into .venv"
+        )
+
+
+def pytest_collection_modifyitems(config, items):
+    if has_cuda():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    return tiny_model.build()
+
+
+def serve(model_dir: Path, *args: str, tmp: Path) -> Server:
+    """Start a server with the tests' defaults (small pool, CPU flags added by the launcher)."""
+    return start_server(model_dir, [*SMALL_POOL, *args], log_path=tmp / "server.log")

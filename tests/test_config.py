@@ -1,0 +1,51 @@
+"""Unit tests of flag validation (`raas_sglang.config`): no SGLang, no server."""
+
+import pytest
+
+from raas_sglang.config import ConfigError, RaasConfig, default_page_size, resolve
+
+
+def test_defaults_dense():
+    assert resolve({}, 1) == RaasConfig(policy="dense", page_size=1)
+    assert not resolve({"kv_policy": "dense"}, 16).enabled
+
+
+def test_raas_defaults_and_rounding():
+    c = resolve({"kv_policy": "raas"}, 16)
+    assert (c.budget_tokens, c.budget_pages, c.refresh_ratio) == (2048, 128, 0.5)
+    c = resolve({"kv_policy": "raas", "raas_budget": "33", "raas_refresh_ratio": "1"}, 16)
+    assert (c.budget_tokens, c.budget_pages, c.refresh_ratio) == (48, 3, 1.0)
+    assert resolve({"kv_policy": "raas", "raas_budget": 2}, 1).budget_tokens == 2
+    assert resolve({"kv_policy": "raas", "raas_budget": 65}, 64).budget_pages == 2
+
+
+def test_page_size_default_is_16_for_raas_only():
+    assert default_page_size("raas", None) == 16
+    assert default_page_size("raas", 64) == 64
+    assert default_page_size("dense", None) is None
+
+
+@pytest.mark.parametrize(
+    "given, page, flag, allowed",
+    [
+        ({"kv_policy": "lru"}, 16, "--kv-policy", "dense, raas"),
+        ({"kv_policy": "raas", "raas_budget": "abc"}, 16, "--raas-budget", "positive integer"),
+        ({"kv_policy": "raas", "raas_budget": "0"}, 16, "--raas-budget", "positive integer"),
+        ({"kv_policy": "raas", "raas_budget": "-32"}, 16, "--raas-budget", "positive integer"),
+        ({"kv_policy": "raas", "raas_budget": "1.5"}, 16, "--raas-budget", "positive integer"),
+        ({"kv_policy": "raas", "raas_budget": True}, 16, "--raas-budget", "positive integer"),
+        ({"kv_policy": "raas", "raas_budget": "16"}, 16, "--raas-budget", "at least 2 pages = 32 tokens"),
+        ({"kv_policy": "raas", "raas_budget": 1}, 1, "--raas-budget", "at least 2 pages = 2 tokens"),
+        ({"kv_policy": "raas", "raas_refresh_ratio": "0"}, 16, "--raas-refresh-ratio", "(0, 1]"),
+        ({"kv_policy": "raas", "raas_refresh_ratio": "1.01"}, 16, "--raas-refresh-ratio", "(0, 1]"),
+        ({"kv_policy": "raas", "raas_refresh_ratio": "nan"}, 16, "--raas-refresh-ratio", "(0, 1]"),
+        ({"kv_policy": "raas", "raas_refresh_ratio": "half"}, 16, "--raas-refresh-ratio", "(0, 1]"),
+        ({"kv_policy": "dense", "raas_budget": "64"}, 1, "--raas-budget", "only allowed with --kv-policy raas"),
+        ({"raas_refresh_ratio": "0.3"}, 1, "--raas-refresh-ratio", "only allowed with --kv-policy raas"),
+    ],
+)
+def test_bad_values_name_flag_and_allowed(given, page, flag, allowed):
+    with pytest.raises(ConfigError) as err:
+        resolve(given, page)
+    msg = str(err.value)
+    assert msg.startswith(flag + ":") and allowed in msg and "\n" not in msg

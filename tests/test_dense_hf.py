@@ -1,0 +1,54 @@
+"""`--kv-policy dense` serves exactly like stock SGLang: greedy float32 output equals Hugging Face's, token for token."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from conftest import serve
+
+PROMPTS = [
+    [1, 7, 99, 100, 101],
+    [1, *range(30, 70)],  # crosses page boundaries
+    [1, 300, 12, 9, 400, 401, 402, 250, 251],
+]
+NEW_TOKENS = 48
+
+
+@pytest.fixture(scope="module")
+def server(model_dir, tmp_path_factory):
+    srv = serve(model_dir, "--kv-policy", "dense", tmp=tmp_path_factory.mktemp("dense"))
+    yield srv
+    srv.stop()
+
+
+def hf_greedy(model, prompt: list[int], n: int) -> list[int]:
+    """Plain greedy decoding with a KV cache; no EOS handling (the server runs with ignore_eos)."""
+    ids = torch.tensor([prompt])
+    out, past = [], None
+    with torch.no_grad():
+        for _ in range(n):
+            res = model(input_ids=ids, past_key_values=past, use_cache=True)
+            past = res.past_key_values
+            nxt = int(res.logits[0, -1].argmax())
+            out.append(nxt)
+            ids = torch.tensor([[nxt]])
+    return out
+
+
+def test_dense_equals_transformers_greedy(server, model_dir):
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    for prompt in PROMPTS:
+        got = server.post(
+            "/generate",
+            {
+                "input_ids": prompt,
+                "sampling_params": {"max_new_tokens": NEW_TOKENS, "temperature": 0, "ignore_eos": True},
+            },
+        )["output_ids"]
+        assert got == hf_greedy(model, prompt, NEW_TOKENS), f"prompt {prompt[:8]}..."
+
+
+def test_dense_keeps_stock_page_size(server):
+    assert server.get("/get_server_info")["page_size"] == 1
