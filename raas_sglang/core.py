@@ -1,0 +1,197 @@
+"""The RaaS policy core: per-request-row state in batched tensors, pure torch, no SGLang.
+
+State is indexed by SGLang's request-pool row (`req.kv.req_pool_idx`), so batch filter/merge needs no
+bookkeeping: a row is reset on admit and on release, and every operation takes the rows it acts on.
+
+Definitions (see ../shared/design.md):
+- a page is `page_size` consecutive logical token positions; page `p` covers `[p * ps, (p + 1) * ps)`;
+- pinned: tokens `[0, pin_len)` plus the rest of the last partial prompt page; decode pages start at
+  `first_decode_page = ceil(pin_len / ps)`;
+- each resident decode page has a stamp: the request's own decode step at which it was opened or last
+  refreshed; a request keeps at most `L = budget_pages` resident decode pages, counting the page being written.
+
+NOTE: slots store *logical* page indices (position // ps), not physical ids: the physical slots of page `p` are
+`req_to_token[row, p*ps:(p+1)*ps]`, and logical indices give the tie-break ("lowest position") and the first hole
+for the radix tree directly.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+EMPTY = -1
+_KEY_SHIFT = 1 << 31  # victim key = stamp * 2^31 + page: oldest stamp first, then lowest page
+
+
+class Victims(NamedTuple):
+    """One eviction decision per requested row. `page[i] == EMPTY` means row i evicts nothing."""
+
+    rows: torch.Tensor  # [n] int64 request-pool rows
+    page: torch.Tensor  # [n] int64 logical page index to evict, or EMPTY
+
+
+class RaasState:
+    """Batched per-row RaaS state.
+
+    pages   [rows, L] int64  logical page index of each resident decode page (EMPTY = free slot)
+    stamp   [rows, L] int64  decode step of the page's last hit (meaningless where pages == EMPTY)
+    count   [rows]    int64  resident decode pages
+    pin_len [rows]    int64  tokens [0, pin_len) are pinned
+    step    [rows]    int64  the request's own decode steps so far (0 at its first decode step)
+    evicted [rows]    int64  pages evicted from the row since admit
+    """
+
+    def __init__(self, num_rows: int, budget_pages: int, page_size: int, device: str | torch.device = "cpu"):
+        if budget_pages < 2:
+            raise ValueError(f"budget_pages must be >= 2, got {budget_pages}")
+        self.L = budget_pages
+        self.page_size = page_size
+        self.device = torch.device(device)
+        z = dict(dtype=torch.int64, device=self.device)
+        self.pages = torch.full((num_rows, budget_pages), EMPTY, **z)  # [rows, L] int64
+        self.stamp = torch.zeros((num_rows, budget_pages), **z)  # [rows, L] int64
+        self.count = torch.zeros(num_rows, **z)  # [rows] int64
+        self.pin_len = torch.zeros(num_rows, **z)  # [rows] int64
+        self.step = torch.zeros(num_rows, **z)  # [rows] int64
+        self.evicted = torch.zeros(num_rows, **z)  # [rows] int64
+        self.limit = torch.full((num_rows,), budget_pages, **z)  # [rows] int64 per-request L (<= self.L)
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+
+    def admit(self, row: int, pin_len: int, budget_pages: int | None = None) -> None:
+        """Reset `row` for a new request whose first `pin_len` tokens are pinned."""
+        limit = self.L if budget_pages is None else budget_pages
+        if not 2 <= limit <= self.L:
+            raise ValueError(f"per-request budget must be 2..{self.L} pages, got {limit}")
+        self.release(row)
+        self.pin_len[row] = pin_len
+        self.limit[row] = limit
+
+    def release(self, row: int) -> None:
+        self.pages[row] = EMPTY
+        self.stamp[row] = 0
+        self.count[row] = 0
+        self.pin_len[row] = 0
+        self.step[row] = 0
+        self.evicted[row] = 0
+        self.limit[row] = self.L
+
+    def first_decode_page(self, rows: torch.Tensor) -> torch.Tensor:
+        """[n] int64: ceil(pin_len / page_size) for each row."""
+        return (self.pin_len[rows] + self.page_size - 1) // self.page_size
+
+    # -- one decode step -----------------------------------------------------------------------------------------
+
+    def opens_page(self, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """[n] bool: the token written at `positions` (one per row) opens a new decode page."""
+        ps = self.page_size
+        return (positions % ps == 0) & (positions // ps >= self.first_decode_page(rows))
+
+    def victims(self, rows: torch.Tensor, positions: torch.Tensor) -> Victims:
+        """Choose, for each row whose next token opens a page while it holds its limit of pages, the page to
+        evict: the oldest stamp, ties to the lowest page, never the newest resident page (it holds the most
+        recent tokens). Rows that need no eviction get EMPTY. Does not change state; call `evict` next.
+
+        rows [n] int64, positions [n] int64 (logical position of the token about to be written)
+        """
+        need = self.opens_page(rows, positions) & (self.count[rows] >= self.limit[rows])  # [n] bool
+        pages = self.pages[rows]  # [n, L]
+        valid = pages != EMPTY
+        newest = pages.max(dim=1, keepdim=True).values  # [n, 1]
+        candidate = valid & (pages != newest)
+        key = torch.where(candidate, self.stamp[rows] * _KEY_SHIFT + pages, torch.iinfo(torch.int64).max)
+        slot = key.argmin(dim=1)  # [n]
+        chosen = pages.gather(1, slot[:, None]).squeeze(1)  # [n]
+        ok = need & candidate.any(dim=1)
+        return Victims(rows, torch.where(ok, chosen, torch.full_like(chosen, EMPTY)))
+
+    def evict(self, victims: Victims) -> None:
+        """Drop each chosen page from its row. Pages equal to EMPTY are skipped (evict 0 is always safe)."""
+        hit = (self.pages[victims.rows] == victims.page[:, None]) & (victims.page[:, None] != EMPTY)  # [n, L]
+        pages = self.pages[victims.rows]
+        self.pages[victims.rows] = torch.where(hit, torch.full_like(pages, EMPTY), pages)
+        removed = hit.sum(dim=1)
+        self.count[victims.rows] -= removed
+        self.evicted[victims.rows] += removed
+
+    def open_pages(self, rows: torch.Tensor, positions: torch.Tensor) -> None:
+        """Record the page opened by each row's token at `positions` (rows whose token does not open a page are
+        untouched). A new page is stamped with the row's current step.
+
+        NOTE: callers evict first; a row at its limit that opens a page without a free slot is a bug.
+        """
+        opens = self.opens_page(rows, positions)
+        if not bool(opens.any()):
+            return
+        rows, positions = rows[opens], positions[opens]
+        pages = self.pages[rows]  # [m, L]
+        free = pages == EMPTY
+        in_limit = torch.arange(self.L, device=self.device)[None, :] < self.limit[rows][:, None]
+        usable = free & in_limit
+        if not bool(usable.any(dim=1).all()):
+            raise RuntimeError("RaaS state: a row opened a page with no free slot (evict before allocating)")
+        slot = usable.to(torch.int8).argmax(dim=1)  # first usable slot, [m]
+        self.pages[rows, slot] = positions // self.page_size
+        self.stamp[rows, slot] = self.step[rows]
+        self.count[rows] += 1
+
+    def observe(
+        self,
+        rows: torch.Tensor,
+        scores: torch.Tensor,
+        ratio: float,
+        threshold: float | None = None,
+    ) -> torch.Tensor:
+        """Refresh stamps from this step's page scores, then advance each row's step.
+
+        rows [n] int64; scores [n, L] float, aligned with `self.pages[rows]` (ignored where a slot is EMPTY).
+        The top `ceil(ratio * count)` resident pages of each row by score (ties to the lowest page) get
+        stamp = the row's current step; with `threshold`, a page must also score >= threshold.
+        Returns the refreshed mask [n, L] bool.
+        """
+        pages = self.pages[rows]  # [n, L]
+        valid = pages != EMPTY
+        neg = torch.finfo(scores.dtype).min
+        s = torch.where(valid, scores, torch.full_like(scores, neg))
+        # rank by (score desc, page asc): stable sort by page first, then by score
+        big = torch.iinfo(torch.int64).max
+        by_page = torch.where(valid, pages, torch.full_like(pages, big)).argsort(dim=1, stable=True)
+        s_sorted = s.gather(1, by_page)
+        by_score = s_sorted.argsort(dim=1, descending=True, stable=True)
+        order = by_page.gather(1, by_score)  # slot indices, best first, [n, L]
+        rank = torch.empty_like(order)
+        rank.scatter_(1, order, torch.arange(self.L, device=self.device).expand_as(order).contiguous())
+        k = torch.ceil(self.count[rows].to(torch.float64) * ratio).to(torch.int64)  # [n]
+        hit = valid & (rank < k[:, None])
+        if threshold is not None:
+            hit &= scores >= threshold
+        step = self.step[rows][:, None].expand_as(pages)
+        self.stamp[rows] = torch.where(hit, step, self.stamp[rows])
+        self.step[rows] += 1
+        return hit
+
+    # -- queries -------------------------------------------------------------------------------------------------
+
+    def resident_pages(self, row: int) -> list[int]:
+        """Sorted logical indices of the row's resident decode pages (a host list; not for the hot path)."""
+        p = self.pages[row]
+        return sorted(p[p != EMPTY].tolist())
+
+    def first_hole(self, row: int, seq_len: int) -> int:
+        """The first logical token position whose KV slot was evicted, or `seq_len` if none: the radix tree may
+        receive at most `[0, first_hole)`, page-floored by the caller."""
+        if int(self.evicted[row]) == 0:
+            return seq_len
+        first = int(self.first_decode_page(torch.tensor([row], device=self.device))[0])
+        resident = set(self.resident_pages(row))
+        page = first
+        while page in resident:
+            page += 1
+        return min(seq_len, page * self.page_size)
+
+
+def ceil_pages(tokens: int, page_size: int) -> int:
+    return math.ceil(tokens / page_size)

@@ -1,0 +1,158 @@
+"""The RaaS policy core (`raas_sglang.core`) against a plain-Python model of the same rules."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+
+from raas_sglang.core import EMPTY, RaasState
+
+
+class RefRow:
+    """Plain-Python statement of the rules in ../shared/design.md for one request."""
+
+    def __init__(self, pin_len: int, limit: int, ps: int):
+        self.pin_len, self.limit, self.ps = pin_len, limit, ps
+        self.stamps: dict[int, int] = {}  # resident decode page -> stamp
+        self.step = 0
+        self.evicted = 0
+
+    def opens(self, pos: int) -> bool:
+        return pos % self.ps == 0 and pos // self.ps >= math.ceil(self.pin_len / self.ps)
+
+    def victim(self, pos: int) -> int:
+        if not self.opens(pos) or len(self.stamps) < self.limit:
+            return EMPTY
+        newest = max(self.stamps)
+        return min((p for p in self.stamps if p != newest), key=lambda p: (self.stamps[p], p))
+
+    def write(self, pos: int) -> None:
+        v = self.victim(pos)
+        if v != EMPTY:
+            del self.stamps[v]
+            self.evicted += 1
+        if self.opens(pos):
+            self.stamps[pos // self.ps] = self.step
+
+    def observe(self, scores: dict[int, float], ratio: float, threshold=None) -> None:
+        k = math.ceil(len(self.stamps) * ratio)
+        for p in sorted(self.stamps, key=lambda p: (-scores[p], p))[:k]:
+            if threshold is None or scores[p] >= threshold:
+                self.stamps[p] = self.step
+        self.step += 1
+
+
+def step_state(state: RaasState, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    v = state.victims(rows, positions)
+    state.evict(v)
+    state.open_pages(rows, positions)
+    return v.page
+
+
+def scores_for(state: RaasState, rows: torch.Tensor, per_row: list[dict[int, float]]) -> torch.Tensor:
+    pages = state.pages[rows]
+    out = torch.zeros(pages.shape, dtype=torch.float32)
+    for i, row_scores in enumerate(per_row):
+        for j, p in enumerate(pages[i].tolist()):
+            if p != EMPTY:
+                out[i, j] = row_scores[p]
+    return out
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_randomized_against_plain_model(seed):
+    rng = random.Random(seed)
+    ps = rng.choice([1, 4, 16])
+    L = rng.randint(2, 6)
+    ratio = rng.choice([0.25, 0.5, 1.0])
+    threshold = rng.choice([None, 0.0])
+    nrows = 5
+    state = RaasState(num_rows=nrows + 2, budget_pages=L, page_size=ps)
+    rows = list(range(1, nrows + 1))
+    refs, pos = {}, {}
+    for r in rows:
+        pin = rng.randint(1, 3 * ps + 1)
+        limit = rng.randint(2, L)
+        state.admit(r, pin, limit)
+        refs[r], pos[r] = RefRow(pin, limit, ps), pin
+    for _ in range(rng.randint(30, 120)):
+        batch = sorted(rng.sample(rows, rng.randint(1, nrows)))
+        # scores are ties-prone on purpose (few distinct values)
+        per_row = [{p: float(rng.randint(-2, 2)) for p in range(0, pos[r] // ps + 2)} for r in batch]
+        t_rows = torch.tensor(batch)
+        t_pos = torch.tensor([pos[r] for r in batch])
+        want = [refs[r].victim(pos[r]) for r in batch]
+        got = step_state(state, t_rows, t_pos).tolist()
+        assert got == want
+        for r in batch:
+            refs[r].write(pos[r])
+        state.observe(t_rows, scores_for(state, t_rows, per_row), ratio, threshold)
+        for r, sc in zip(batch, per_row):
+            refs[r].observe(sc, ratio, threshold)
+            pos[r] += 1
+        for r in rows:
+            ref = refs[r]
+            assert state.resident_pages(r) == sorted(ref.stamps)
+            assert int(state.count[r]) == len(ref.stamps) <= ref.limit
+            assert int(state.evicted[r]) == ref.evicted
+            got_stamps = {p: s for p, s in zip(state.pages[r].tolist(), state.stamp[r].tolist()) if p != EMPTY}
+            assert got_stamps == ref.stamps
+            assert int(state.step[r]) == ref.step
+
+
+def test_never_evicts_pinned_or_newest_and_bounds_memory():
+    ps, L = 16, 3
+    state = RaasState(4, L, ps)
+    state.admit(2, pin_len=40)  # pinned pages 0..2 (page 2 partially prompt)
+    row = torch.tensor([2])
+    evicted = []
+    for pos in range(40, 40 + 16 * 12):
+        v = step_state(state, row, torch.tensor([pos]))
+        if int(v[0]) != EMPTY:
+            evicted.append(int(v[0]))
+            assert int(v[0]) >= 3, "a pinned page was chosen"
+        assert int(state.count[2]) <= L
+        # no refresh: the oldest is always the lowest page
+        state.observe(row, torch.zeros(1, L), ratio=0.5, threshold=1.0)
+    assert evicted == list(range(3, 12))  # 12 decode pages opened (3..14), the 9 oldest evicted
+
+
+def test_refresh_keeps_a_hot_page():
+    ps, L = 1, 3
+    state = RaasState(2, L, ps)
+    state.admit(1, pin_len=1)
+    row = torch.tensor([1])
+    for pos in range(1, 30):
+        step_state(state, row, torch.tensor([pos]))
+        # page 1 always scores highest and is refreshed every step (top ceil(0.3*3) = 1 page)
+        pages = state.pages[1]
+        scores = torch.where(pages == 1, 10.0, 0.0)[None, :]
+        state.observe(row, scores, ratio=0.3)
+    assert 1 in state.resident_pages(1)
+    assert state.resident_pages(1) == [1, 28, 29]
+
+
+def test_first_hole_and_evict_zero_is_safe():
+    state = RaasState(3, 2, 4)
+    state.admit(1, pin_len=6)  # pinned pages 0, 1 (page 1 is the partial prompt page)
+    row = torch.tensor([1])
+    for pos in range(6, 20):
+        step_state(state, row, torch.tensor([pos]))
+        state.observe(row, torch.zeros(1, 2), ratio=0.5)
+    # decode pages 2, 3, 4 opened at 8, 12, 16; page 2 evicted when page 4 opened
+    assert state.resident_pages(1) == [3, 4]
+    assert state.first_hole(1, 20) == 8
+    before = state.pages.clone()
+    state.evict(state.victims(row, torch.tensor([21])))  # mid-page: nothing to evict
+    assert torch.equal(before, state.pages)
+
+
+def test_per_request_budget_is_bounded_by_server_budget():
+    state = RaasState(2, 4, 16)
+    with pytest.raises(ValueError):
+        state.admit(1, 10, budget_pages=5)
+    with pytest.raises(ValueError):
+        state.admit(1, 10, budget_pages=1)
