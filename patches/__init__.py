@@ -5,7 +5,12 @@ every child process (scheduler, detokenizer, DP controller, `sgl.Engine`). It re
 module with SGLang's `HookRegistry`; SGLang applies them right after all plugins have run.
 
 Seams (one module each; each names the upstream symbols it hooks):
-- `server_args`: the RaaS flags, validation, `sgl.Engine(kv_policy=...)`.
+- `server_args`: the RaaS flags, validation, `sgl.Engine(kv_policy=...)`, overlap scheduler off under RaaS.
+- `schedule`: eviction before each decode step's KV allocation; the decode memory check.
+- `attention`: the torch-native backend reads resident tokens only; page key bounds and page scores.
+- `radix`: hole-aware radix inserts, row frees and pool accounting.
+- `api`: per-request validation (HTTP 400), `meta_info["raas"]`, `/get_server_info`, metrics, the decode log.
+- `runtime` (no hooks): the per-scheduler-process state those seams share.
 """
 
 from __future__ import annotations
@@ -19,17 +24,32 @@ _registered = False
 
 
 def register() -> None:
-    """Register every RaaS hook. Idempotent."""
+    """Register every RaaS hook. Idempotent.
+
+    NOTE: the launching process (CLI launcher or the `sgl.Engine` caller) parses flags and hosts the tokenizer
+    manager; the scheduler, model runner and attention backend live in child processes. Each process gets only
+    the hooks it uses, and the launcher's hooks on heavy modules are applied when those modules are imported,
+    so `--help` and bad-flag refusals stay as fast as stock.
+    """
     global _registered
     if _registered:
         return
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
-    from raas_sglang.patches import server_args
+    from raas_sglang.patches import api, attention, radix, schedule, server_args
+    from raas_sglang.patches.lazy import register_hooks_when_imported
 
-    for target, fn, kind in server_args.HOOKS:
-        HookRegistry.register(target, fn, HookType[kind])
+    def now(hooks):
+        for target, fn, kind in hooks:
+            HookRegistry.register(target, fn, HookType[kind])
+
+    now(server_args.HOOKS)
     if multiprocessing.parent_process() is None:
-        # Only the launching process builds ServerArgs from Engine keywords; children get the pickled record.
         server_args.install_engine_factory()
+        for module, hooks in api.MAIN_HOOKS.items():
+            register_hooks_when_imported(module, hooks)
+    else:
+        for module in (schedule, attention, radix):
+            now(module.HOOKS)
+        now(api.SCHEDULER_HOOKS)
     _registered = True

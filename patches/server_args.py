@@ -18,15 +18,15 @@ raises `raas_sglang.config.ConfigError` (a `ValueError`) instead.
 from __future__ import annotations
 
 import argparse
-import importlib.abc
-import importlib.util
-import sys
+import logging
 from typing import Any
 
 from raas_sglang import config as cfg
 from raas_sglang.config import ConfigError, RaasConfig
+from raas_sglang.patches.lazy import when_imported
 
 ATTR = "_raas_config"
+logger = logging.getLogger("raas_sglang")
 
 
 def config_of(server_args: Any) -> RaasConfig:
@@ -97,46 +97,34 @@ def engine_server_args(**kwargs: Any):
     return server_args
 
 
-ENGINE_MODULE = "sglang.srt.entrypoints.engine"
-
-
 def install_engine_factory() -> None:
-    """Point `Engine.server_args_class` at `engine_server_args`, now or as soon as the engine module loads.
+    """Point `Engine.server_args_class` at `engine_server_args` as soon as the engine module is loaded.
 
-    NOTE: importing the engine module costs ~5 s, so it is never imported here just for this; a one-shot
-    `sys.meta_path` finder patches it right after its first import instead.
+    NOTE: importing the engine module costs ~5 s, so it is never imported here just for this.
     """
-    module = sys.modules.get(ENGINE_MODULE)
-    if module is not None:
+
+    def patch(module):
         module.Engine.server_args_class = staticmethod(engine_server_args)
-    elif not any(isinstance(f, _PatchEngineOnImport) for f in sys.meta_path):
-        sys.meta_path.insert(0, _PatchEngineOnImport())
+
+    when_imported("sglang.srt.entrypoints.engine", patch)
 
 
-class _PatchEngineOnImport(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name != ENGINE_MODULE:
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
-        if spec is not None and spec.loader is not None:
-            spec.loader = _PatchAfterExec(spec.loader)
-        return spec
+def resolve_once(self, *args, **kwargs):
+    """BEFORE hook on `ServerArgs.resolve_once` (CLI and `sgl.Engine` paths; children get resolved records).
 
-
-class _PatchAfterExec(importlib.abc.Loader):
-    def __init__(self, inner):
-        self.inner = inner
-
-    def create_module(self, spec):
-        return self.inner.create_module(spec)
-
-    def exec_module(self, module):
-        self.inner.exec_module(module)
-        module.Engine.server_args_class = staticmethod(engine_server_args)
+    NOTE: RaaS state is updated between the scheduler's memory check and the step's allocation; the overlap
+    scheduler runs those out of order, so RaaS turns it off (with a warning) rather than refusing.
+    """
+    if getattr(self, "_resolution_finished", False) or getattr(self, "_resolution_failed", False):
+        return None
+    if config_of(self).enabled and not self.disable_overlap_schedule:
+        logger.warning("raas_sglang: --kv-policy raas turns the overlap scheduler off (--disable-overlap-schedule)")
+        self.disable_overlap_schedule = True
+    return None
 
 
 HOOKS = (
+    ("sglang.srt.server_args.ServerArgs.resolve_once", resolve_once, "BEFORE"),
     ("sglang.srt.server_args.ServerArgs.add_cli_args", add_cli_args, "AFTER"),
     ("sglang.srt.server_args.ServerArgs.from_cli_args", from_cli_args, "AROUND"),
 )

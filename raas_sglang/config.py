@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 POLICIES = ("dense", "raas")
 DEFAULT_POLICY = "dense"
@@ -122,3 +122,46 @@ def resolve(given: Mapping[str, Any], page_size: int) -> RaasConfig:
         refresh_ratio=_ratio("--raas-refresh-ratio", DEFAULT_REFRESH_RATIO if ratio is None else ratio),
         page_size=page_size,
     )
+
+
+class RequestOverrides(NamedTuple):
+    """A request's RaaS settings after applying its `custom_params` to the server's config."""
+
+    policy: str
+    budget_pages: int
+    trace: bool
+
+
+REQUEST_KEYS = ("kv_policy", "raas_budget", "raas_trace")
+
+
+def request_overrides(custom_params: Mapping[str, Any] | None, server: RaasConfig) -> RequestOverrides:
+    """Validate a request's `custom_params` RaaS keys against the server config.
+
+    Raises `ConfigError` naming the field (`custom_params.raas_budget: ...`). Keys other than `REQUEST_KEYS`
+    belong to other features and are ignored.
+    """
+    params = custom_params or {}
+    policy = params.get("kv_policy", server.policy)
+    if policy not in POLICIES:
+        raise ConfigError(f"custom_params.kv_policy: must be one of {', '.join(POLICIES)}, got {policy!r}")
+    if policy != "dense" and not server.enabled:
+        raise ConfigError(
+            "custom_params.kv_policy: 'raas' needs a server started with --kv-policy raas (this one is dense)"
+        )
+    budget = params.get("raas_budget")
+    if budget is None:
+        pages = server.budget_pages
+    else:
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
+            raise ConfigError(f"custom_params.raas_budget: must be a positive integer number of tokens, got {budget!r}")
+        if budget > server.budget_tokens:
+            raise ConfigError(
+                f"custom_params.raas_budget: must be at most the server's --raas-budget ({server.budget_tokens} "
+                f"tokens), got {budget}"
+            )
+        pages = budget_tokens_for("custom_params.raas_budget", budget, server.page_size) // server.page_size
+    trace = params.get("raas_trace", False)
+    if not isinstance(trace, bool):
+        raise ConfigError(f"custom_params.raas_trace: must be true or false, got {trace!r}")
+    return RequestOverrides(policy, pages, trace)

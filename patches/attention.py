@@ -1,0 +1,97 @@
+"""Seam: the torch-native attention backend reads only resident tokens; page key bounds and scores per layer.
+
+Upstream symbols hooked (sglang 0.5.23, `sglang/srt/layers/attention/torch_native_backend.py`,
+`TorchNativeAttnBackend`):
+- `init_forward_metadata(self, forward_batch)`, AFTER: once per forward. For a decode batch whose rows have
+  evicted pages, build a compacted table of each row's resident KV slots (pinned prompt + resident decode pages,
+  ascending logical order); prepare page scoring of the resident decode pages.
+- `_run_sdpa_forward_decode(self, q, o, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, ...)`,
+  AROUND: hand it the compacted table (rows `arange(bs)`, lengths = resident counts) instead of
+  `req_to_token[row, :seq_len]`. Decode attention has no mask, so this is exact; positions stay logical (RoPE was
+  applied before the KV write).
+- `forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache=True)`, AROUND: after the layer's KV write
+  and attention, fold the new keys into the page bounds and add the layer's page shares; after the last layer,
+  refresh stamps.
+- `forward_extend(...)`, AROUND: fold prefill keys into the page bounds (a re-prefilled request's decode pages
+  are scored later).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from raas_sglang.patches import runtime
+
+
+def _active(forward_batch) -> runtime.Runtime | None:
+    rt = runtime.get()
+    return rt if rt is not None and rt.state is not None else None
+
+
+def init_forward_metadata(result, self, forward_batch):
+    rt = _active(forward_batch)
+    if rt is None:
+        return result
+    rt.table = None
+    rt.scoring = None
+    if not forward_batch.forward_mode.is_decode():
+        return result
+    rt.ensure_bounds(self.token_to_kv_pool)
+    rows = forward_batch.req_pool_indices.to(torch.int64)  # [bs]
+    req_to_token = self.req_to_token_pool.req_to_token
+    if bool((rt.state.evicted[rows] > 0).any()):
+        pos, n = rt.resident_positions(rows, forward_batch.seq_lens.to(torch.int64))
+        table = req_to_token[rows[:, None], pos]  # [bs, n_max] KV slots
+        rt.table = (table, n)
+    if bool((rt.state.count[rows] > 0).any()):
+        rt.page_scores_begin(rows, req_to_token)
+    return result
+
+
+def run_sdpa_forward_decode(orig, self, query, output, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, *a, **kw):
+    rt = runtime.get()
+    if rt is None or rt.table is None:
+        return orig(self, query, output, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, *a, **kw)
+    table, n = rt.table
+    rows = torch.arange(table.shape[0], device=table.device)
+    return orig(self, query, output, k_cache, v_cache, table, rows, n, *a, **kw)
+
+
+def _fold_keys(rt: runtime.Runtime, layer, forward_batch, k) -> None:
+    if k is None or rt.bounds is None:
+        return
+    kk = k.reshape(-1, layer.tp_k_head_num, layer.qk_head_dim)
+    rt.bounds.update(layer.layer_id - rt.start_layer, forward_batch.out_cache_loc.to(torch.int64), kk)
+
+
+def forward_decode(orig, self, q, k, v, layer, forward_batch, *a, **kw):
+    out = orig(self, q, k, v, layer, forward_batch, *a, **kw)
+    rt = _active(forward_batch)
+    if rt is None:
+        return out
+    _fold_keys(rt, layer, forward_batch, k)
+    if rt.scoring is not None:
+        lid = layer.layer_id - rt.start_layer
+        qh = q.reshape(q.shape[0], layer.tp_q_head_num, layer.qk_head_dim)
+        rt.score_layer(lid, qh, layer.scaling)
+        if lid == rt.num_layers - 1:
+            rt.page_scores_end()
+    return out
+
+
+def forward_extend(orig, self, q, k, v, layer, forward_batch, *a, **kw):
+    out = orig(self, q, k, v, layer, forward_batch, *a, **kw)
+    rt = runtime.get()
+    if rt is not None:
+        rt.ensure_bounds(self.token_to_kv_pool)
+        _fold_keys(rt, layer, forward_batch, k)
+    return out
+
+
+_T = "sglang.srt.layers.attention.torch_native_backend.TorchNativeAttnBackend."
+HOOKS = (
+    (_T + "init_forward_metadata", init_forward_metadata, "AFTER"),
+    (_T + "_run_sdpa_forward_decode", run_sdpa_forward_decode, "AROUND"),
+    (_T + "forward_decode", forward_decode, "AROUND"),
+    (_T + "forward_extend", forward_extend, "AROUND"),
+)

@@ -1,0 +1,106 @@
+"""Seam: radix-tree inserts, row frees and pool accounting that know about evicted pages (holes).
+
+Upstream symbols hooked (sglang 0.5.23):
+- `sglang.srt.mem_cache.unified_radix_cache.UnifiedRadixCache.checkpoint_into_tree(self, req, *, up_to)`,
+  BEFORE: the one insert path for finish, running abort (it finishes with checkpoint=True) and chunked-prefill /
+  prefill-end checkpoints. Caps `up_to` at the first hole (the tree page-floors it), so the tree never adopts an
+  evicted slot nor frees one as a duplicate (I2). For an unfinished RaaS request it also caps at the prompt, so
+  a retracted request's re-prefilled output stays private and can be trimmed back to its budget.
+- `sglang.srt.mem_cache.base_prefix_cache.BasePrefixCache.free_kv_row(self, kv, ranges)`, AROUND: the only row
+  free of every release path (finish, abort, discard, retraction). Cuts the holes out of each range, so an
+  evicted page is never freed twice (I1). Holes are whole pages: the pieces stay page-aligned.
+- `sglang.srt.mem_cache.common.release_kv_cache(req, tree_cache, *, checkpoint)`, AROUND: after the release,
+  record the request's RaaS figures for its response and drop its row state.
+- `sglang.srt.managers.scheduler_components.pool_stats_observer.kv_private_tokens(kv, page_size)`, AFTER: a row
+  with holes holds `page_size` fewer tokens per hole, which keeps SGLang's strict busy check exact (I3).
+"""
+
+from __future__ import annotations
+
+from raas_sglang.patches import runtime
+from raas_sglang.patches.requests import request_policy
+
+
+def _row_info(rt: runtime.Runtime, req) -> runtime.RowInfo | None:
+    row = req.kv.req_pool_idx
+    info = rt.rows.get(row) if row is not None else None
+    return info if info is not None and info.rid == req.rid else None
+
+
+def checkpoint_into_tree(self, req, *args, up_to, **kwargs):
+    rt = runtime.get()
+    if rt is None:
+        return None
+    cap = up_to
+    info = _row_info(rt, req)
+    if info is not None and info.raas and rt.state is not None:
+        holes = rt.holes(req.kv.req_pool_idx, up_to)
+        if holes:
+            cap = min(cap, holes[0] * rt.config.page_size)
+    if not req.finished() and request_policy(req, rt.config)[0]:
+        cap = min(cap, max(len(req.origin_input_ids), req.kv.cache_protected_len))
+    if cap == up_to:
+        return None
+    return (self, req, *args), {**kwargs, "up_to": cap}
+
+
+def _cut(ranges, holes, ps):
+    """Remove hole pages [p*ps, (p+1)*ps) from ascending half-open ranges."""
+    out = []
+    for start, end in ranges:
+        cur = start
+        for p in holes:
+            lo, hi = p * ps, p * ps + ps
+            if hi <= cur or lo >= end:
+                continue
+            if lo > cur:
+                out.append((cur, lo))
+            cur = max(cur, hi)
+        if cur < end:
+            out.append((cur, end))
+    return out
+
+
+def free_kv_row(orig, self, kv, ranges):
+    rt = runtime.get()
+    if rt is None or rt.state is None or kv.req_pool_idx not in rt.rows:
+        return orig(self, kv, ranges)
+    holes = rt.holes(kv.req_pool_idx, max((end for _, end in ranges), default=0))
+    if holes:
+        ranges = _cut(list(ranges), holes, rt.config.page_size)
+    return orig(self, kv, ranges)
+
+
+def release_kv_cache(orig, req, tree_cache, *a, **kw):
+    rt = runtime.get()
+    row = req.kv.req_pool_idx
+    info = _row_info(rt, req) if rt is not None else None
+    out = orig(req, tree_cache, *a, **kw)
+    if info is not None:
+        req.raas_report = rt.report(row, info)  # read by the output streamer (patches/api.py)
+        if not req.kv.holds_kv:
+            rt.release(row)
+    return out
+
+
+def kv_private_tokens(result, kv, page_size):
+    rt = runtime.get()
+    if rt is None or rt.state is None or kv.req_pool_idx not in rt.rows:
+        return result
+    return result - int(rt.state.evicted[kv.req_pool_idx]) * page_size
+
+
+HOOKS = (
+    (
+        "sglang.srt.mem_cache.unified_radix_cache.UnifiedRadixCache.checkpoint_into_tree",
+        checkpoint_into_tree,
+        "BEFORE",
+    ),
+    ("sglang.srt.mem_cache.base_prefix_cache.BasePrefixCache.free_kv_row", free_kv_row, "AROUND"),
+    ("sglang.srt.mem_cache.common.release_kv_cache", release_kv_cache, "AROUND"),
+    (
+        "sglang.srt.managers.scheduler_components.pool_stats_observer.kv_private_tokens",
+        kv_private_tokens,
+        "AFTER",
+    ),
+)

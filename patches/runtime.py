@@ -1,0 +1,263 @@
+"""Per-scheduler-process RaaS runtime: the one object the seam modules share.
+
+With tp = 1 the scheduler, the model runner and the attention backend live in one process (the scheduler
+process), so scheduler-side hooks (eviction, release) and attention-side hooks (resident tables, scoring) meet
+here. Built lazily on first use from the published server args (`sglang.srt.runtime_context.get_server_args`).
+
+Hooks upstream: none (this module holds state only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from raas_sglang.config import RaasConfig
+from raas_sglang.core import EMPTY, RaasState, Victims
+from raas_sglang.scoring import PageKeyBounds, page_shares
+
+DENSE_PIN = 1 << 40  # pin_len of a row served densely: everything pinned, nothing ever evicted
+
+
+@dataclass
+class RowInfo:
+    """Host-side facts of an admitted row (one per running request)."""
+
+    rid: str
+    raas: bool
+    trace: bool = False
+    peak_kv_tokens: int = 0
+    trace_steps: list = field(default_factory=list)  # [[decode_position, [evicted positions...]], ...]
+
+
+@dataclass
+class Totals:
+    evicted_pages: int = 0
+    admitted_raas: int = 0
+    admitted_dense: int = 0
+
+
+class Runtime:
+    """RaaS state for one scheduler process. `None` config means the plugin is inactive (dense server)."""
+
+    def __init__(self, config: RaasConfig):
+        self.config = config
+        self.state: RaasState | None = None
+        self.bounds: PageKeyBounds | None = None
+        self.rows: dict[int, RowInfo] = {}
+        self.totals = Totals()
+        # per forward: the resident table for torch_native and the score accumulator
+        self.table: tuple[torch.Tensor, torch.Tensor] | None = None  # ([bs, n_max] int, [bs] int)
+        self.scoring: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # rows, phys pages, valid
+        self.acc: torch.Tensor | None = None  # [bs, L] float32 page shares summed over layers
+        self.num_layers = 0
+        self.start_layer = 0
+        self.metrics = None  # SGLang's SchedulerMetricsCollector, with our counter and gauge (--enable-metrics)
+
+    # -- setup ---------------------------------------------------------------------------------------------------
+
+    def ensure_state(self, req_to_token: torch.Tensor) -> RaasState:
+        if self.state is None:
+            self.state = RaasState(
+                num_rows=req_to_token.shape[0],
+                budget_pages=self.config.budget_pages,
+                page_size=self.config.page_size,
+                device=req_to_token.device,
+            )
+        return self.state
+
+    def ensure_bounds(self, token_to_kv_pool: Any) -> PageKeyBounds:
+        if self.bounds is None:
+            k0 = token_to_kv_pool.get_key_buffer(token_to_kv_pool.start_layer)
+            self.num_layers = token_to_kv_pool.layer_num
+            self.start_layer = token_to_kv_pool.start_layer
+            self.bounds = PageKeyBounds(
+                num_layers=self.num_layers,
+                num_slots=k0.shape[0],
+                page_size=self.config.page_size,
+                kv_heads=k0.shape[1],
+                head_dim=k0.shape[2],
+                device=k0.device,
+            )
+        return self.bounds
+
+    # -- request rows --------------------------------------------------------------------------------------------
+
+    def admit(self, row: int, rid: str, pin_len: int, raas: bool, budget_pages: int | None, trace: bool) -> None:
+        state = self.state
+        state.admit(row, pin_len if raas else DENSE_PIN, budget_pages if raas else None)
+        self.rows[row] = RowInfo(rid=rid, raas=raas, trace=trace)
+        if raas:
+            self.totals.admitted_raas += 1
+        else:
+            self.totals.admitted_dense += 1
+
+    def release(self, row: int) -> None:
+        if self.state is not None and self.rows.pop(row, None) is not None:
+            self.state.release(row)
+
+    def resident_pages(self) -> int:
+        """Decode pages resident in RaaS rows right now."""
+        return 0 if self.state is None else int(self.state.count.sum())
+
+    def summary(self) -> dict:
+        """The scheduler's `raas` entry in `/get_server_info` (JSON-safe)."""
+        return {
+            **self.config.to_dict(),
+            "evicted_pages_total": self.totals.evicted_pages,
+            "resident_pages": self.resident_pages(),
+            "running_raas_requests": sum(1 for i in self.rows.values() if i.raas),
+            "admitted_raas_total": self.totals.admitted_raas,
+            "admitted_dense_total": self.totals.admitted_dense,
+        }
+
+    def report(self, row: int, info: RowInfo) -> dict:
+        """The request's `meta_info["raas"]`: JSON-safe."""
+        out = {
+            "policy": "raas" if info.raas else "dense",
+            "budget_tokens": int(self.state.limit[row]) * self.config.page_size if info.raas else None,
+            "evicted_pages": int(self.state.evicted[row]),
+            "peak_kv_tokens": info.peak_kv_tokens,
+        }
+        if info.trace:
+            out["trace"] = info.trace_steps
+        return out
+
+    def holes(self, row: int, upto_tokens: int) -> list[int]:
+        """Logical page indices of the row's evicted pages below `upto_tokens` (host list; not for the hot path)."""
+        info = self.rows.get(row)
+        if info is None or not info.raas or int(self.state.evicted[row]) == 0:
+            return []
+        ps = self.config.page_size
+        first = int(self.state.first_decode_page(torch.tensor([row]))[0])
+        last = -(-upto_tokens // ps)  # pages [first, last) exist in the row
+        resident = set(self.state.resident_pages(row))
+        newest = max(resident) if resident else first - 1
+        return [p for p in range(first, min(last, newest + 1)) if p not in resident]
+
+    def note_peaks(self, rows: torch.Tensor, seq_lens: torch.Tensor, req_to_token: torch.Tensor, force=False) -> None:
+        """Update each row's peak KV tokens, read from its actual slots: pages whose first row entry is a live
+        slot (evicted pages point at the padding page 0), times the page size. Only rows that just opened a page
+        can have a new peak, so only those are read unless `force`.
+
+        rows [n] int64, seq_lens [n] int64 (tokens in KV after this step's allocation).
+        """
+        ps = self.config.page_size
+        if not force:
+            opened = (seq_lens - 1) % ps == 0
+            rows, seq_lens = rows[opened], seq_lens[opened]
+        if len(rows) == 0:
+            return
+        npages = -(-seq_lens // ps)  # [n]
+        cols = torch.arange(int(npages.max()), device=rows.device) * ps  # [P]
+        firsts = req_to_token[rows[:, None], cols[None, :]]  # [n, P]
+        held = ((firsts != 0) & (cols[None, :] < seq_lens[:, None])).sum(dim=1) * ps  # [n]
+        for row, tokens in zip(rows.tolist(), held.tolist()):
+            info = self.rows.get(row)
+            if info is not None and tokens > info.peak_kv_tokens:
+                info.peak_kv_tokens = tokens
+
+    # -- eviction ------------------------------------------------------------------------------------------------
+
+    def evict(self, rows: torch.Tensor, positions: torch.Tensor, req_to_token: torch.Tensor, allocator: Any) -> int:
+        """Evict before the step's allocation. rows/positions [n] int64. Returns pages evicted.
+
+        NOTE: each victim's slots are freed exactly once (free_page_ids does not dedupe, so a double free would
+        show under SGLANG_DEBUG_MEMORY_POOL) and its row entries are pointed at the padding page 0, which the
+        allocator never hands out, so no check or reader can mistake them for live KV.
+        """
+        state = self.state
+        victims = state.victims(rows, positions)
+        hit = victims.page != EMPTY  # [n] bool
+        if not bool(hit.any()):
+            return 0
+        ps = self.config.page_size
+        v_rows, v_pages = rows[hit], victims.page[hit]  # [m]
+        cols = v_pages[:, None] * ps + torch.arange(ps, device=rows.device)  # [m, ps] logical positions
+        first_slots = req_to_token[v_rows, v_pages * ps].to(torch.int64)  # [m]
+        allocator.free_page_ids(first_slots // ps)
+        req_to_token[v_rows[:, None], cols] = 0
+        state.evict(Victims(v_rows, victims.page))
+        n = int(hit.sum())
+        self.totals.evicted_pages += n
+        if self.metrics is not None:
+            self.metrics.raas_evicted_pages_total.labels(**self.metrics.labels).inc(n)
+        self._trace(v_rows, v_pages, positions[hit])
+        return n
+
+    def _trace(self, rows: torch.Tensor, pages: torch.Tensor, positions: torch.Tensor) -> None:
+        ps = self.config.page_size
+        for row, page, pos in zip(rows.tolist(), pages.tolist(), positions.tolist()):
+            info = self.rows.get(row)
+            if info is not None and info.trace:
+                info.trace_steps.append([pos, page * ps, page * ps + ps])
+
+    # -- attention-side ------------------------------------------------------------------------------------------
+
+    def resident_positions(self, rows: torch.Tensor, seq_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logical positions each row attends to, ascending, padded.
+
+        rows [bs] int64, seq_lens [bs] int64 (tokens in KV, including this step's). Returns
+        (pos [bs, n_max] int64 with padding = 0, n [bs] int64). Pinned tokens [0, first_decode_page * ps) and the
+        resident decode pages, clipped to seq_len.
+        """
+        state, ps = self.state, self.config.page_size
+        pin_end = torch.minimum(state.first_decode_page(rows) * ps, seq_lens)  # [bs]
+        max_pin = int(pin_end.max())
+        pin_pos = torch.arange(max_pin, device=rows.device).expand(len(rows), max_pin)  # [bs, max_pin]
+        pin_ok = pin_pos < pin_end[:, None]
+        pages = state.pages[rows]  # [bs, L]
+        dec_pos = (pages[:, :, None] * ps + torch.arange(ps, device=rows.device)).flatten(1)  # [bs, L*ps]
+        dec_ok = (pages != EMPTY).repeat_interleave(ps, dim=1) & (dec_pos < seq_lens[:, None])
+        pos = torch.cat([pin_pos, dec_pos], dim=1)
+        ok = torch.cat([pin_ok, dec_ok], dim=1)
+        big = torch.iinfo(torch.int64).max
+        key = torch.where(ok, pos, torch.full_like(pos, big))
+        key, _ = key.sort(dim=1)
+        n = ok.sum(dim=1)  # [bs]
+        n_max = int(n.max())
+        key = key[:, :n_max]
+        return torch.where(key == big, torch.zeros_like(key), key), n
+
+    def page_scores_begin(self, rows: torch.Tensor, req_to_token: torch.Tensor) -> None:
+        """Prepare scoring of each row's resident decode pages for this forward."""
+        state, ps = self.state, self.config.page_size
+        pages = state.pages[rows]  # [bs, L]
+        valid = pages != EMPTY
+        logical = torch.where(valid, pages, torch.zeros_like(pages))
+        phys = req_to_token[rows[:, None], logical * ps].to(torch.int64) // ps  # [bs, L]
+        self.scoring = (rows, torch.where(valid, phys, torch.zeros_like(phys)), valid)
+        self.acc = torch.zeros(pages.shape, dtype=torch.float32, device=pages.device)
+
+    def score_layer(self, layer_id: int, q: torch.Tensor, sm_scale: float) -> None:
+        """q [bs, q_heads, d] for this layer; adds the layer's page shares to `acc`."""
+        rows, phys, valid = self.scoring
+        u = self.bounds.head_scores(layer_id, q, phys, sm_scale)
+        self.acc += page_shares(u, valid)
+
+    def page_scores_end(self) -> None:
+        """After the last layer: refresh stamps and advance the rows' steps."""
+        rows, _, _ = self.scoring
+        self.state.observe(rows, self.acc / max(self.num_layers, 1), self.config.refresh_ratio)
+        self.scoring = None
+        self.acc = None
+
+
+_RUNTIME: Runtime | None = None
+_LOADED = False
+
+
+def get() -> Runtime | None:
+    """The process's runtime, or None when this server runs the dense policy (then every hook passes through)."""
+    global _RUNTIME, _LOADED
+    if not _LOADED:
+        from sglang.srt.runtime_context import get_server_args
+
+        from raas_sglang.patches.server_args import config_of
+
+        config = config_of(get_server_args())
+        _RUNTIME = Runtime(config) if config.enabled else None
+        _LOADED = True
+    return _RUNTIME

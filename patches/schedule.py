@@ -1,0 +1,90 @@
+"""Seam: eviction before each decode step's KV allocation, and the decode memory check.
+
+Upstream symbols hooked (sglang 0.5.23):
+- `sglang.srt.mem_cache.allocation.alloc_for_decode(batch, token_per_req)`, AROUND: called only from
+  `ScheduleBatch.prepare_for_decode`, after the memory check and before the step's slots are allocated — the
+  moment RaaS must evict (the freed page is reused by this very allocation). The registry rebinds the name that
+  `schedule_batch` imported. Also admits new rows (prompt length, per-request policy) and opens new pages.
+- `sglang.srt.managers.schedule_batch.ScheduleBatch.new_tokens_required_next_decode`, AROUND: a RaaS request at
+  its page limit whose next token opens a page evicts one first, so it needs zero net pages.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from raas_sglang.patches import runtime
+from raas_sglang.patches.requests import request_policy
+
+logger = logging.getLogger("raas_sglang")
+
+
+def _admit_new_rows(rt: runtime.Runtime, batch) -> None:
+    """Admit rows whose request changed since the last step (a Python loop over requests, not tokens)."""
+    for req in batch.reqs:
+        row = req.kv.req_pool_idx
+        info = rt.rows.get(row)
+        if info is not None and info.rid == req.rid:
+            continue
+        raas, budget_pages, trace = request_policy(req, rt.config)
+        # NOTE: pinned = the prompt, including any radix-matched prefix (a retracted request may have matched
+        # past its prompt: the tree owns those tokens, so they are pinned too).
+        pin = max(len(req.origin_input_ids), req.kv.cache_protected_len)
+        rt.admit(row, req.rid, pin, raas, budget_pages, trace)
+        if raas:
+            _adopt_existing_decode_pages(rt, batch, row, req.kv.kv_committed_len)
+
+
+def _adopt_existing_decode_pages(rt: runtime.Runtime, batch, row: int, seq_len: int) -> None:
+    """A re-prefilled (retracted) request already holds decode pages: open them oldest first, then trim back to
+    its limit, evicting the oldest (design: re-prefilled output is decode pages, not pinned)."""
+    state, ps = rt.state, rt.config.page_size
+    first = int(state.first_decode_page(torch.tensor([row]))[0])
+    rows = torch.tensor([row])
+    for page in range(first, -(-seq_len // ps)):
+        pos = torch.tensor([page * ps])
+        rt.evict(rows, pos, batch.req_to_token_pool.req_to_token, batch.token_to_kv_pool_allocator)
+        state.open_pages(rows, pos)
+
+
+def alloc_for_decode(orig, batch, token_per_req):
+    rt = runtime.get()
+    if rt is None:
+        return orig(batch, token_per_req)
+    req_to_token = batch.req_to_token_pool.req_to_token
+    rt.ensure_state(req_to_token)
+    _admit_new_rows(rt, batch)
+    rows = batch.req_pool_indices.to(torch.int64)  # [bs]
+    positions = batch.seq_lens.to(torch.int64)  # [bs] logical position of this step's token
+    rt.evict(rows, positions, req_to_token, batch.token_to_kv_pool_allocator)
+    out = orig(batch, token_per_req)
+    rt.state.open_pages(rows, positions)
+    rt.note_peaks(rows, positions + token_per_req, req_to_token)
+    return out
+
+
+def new_tokens_required_next_decode(orig, self, selected_indices=None):
+    tokens = orig(self, selected_indices)
+    rt = runtime.get()
+    if rt is None or rt.state is None or not self.spec_algorithm.is_none():
+        return tokens
+    reqs = self.reqs if selected_indices is None else [self.reqs[i] for i in selected_indices]
+    admitted = [r for r in reqs if (info := rt.rows.get(r.kv.req_pool_idx)) is not None and info.rid == r.rid]
+    if not admitted:
+        return tokens
+    rows = torch.tensor([r.kv.req_pool_idx for r in admitted], dtype=torch.int64)
+    positions = torch.tensor([r.kv.kv_committed_len for r in admitted], dtype=torch.int64)
+    evicting = rt.state.opens_page(rows, positions) & (rt.state.count[rows] >= rt.state.limit[rows])
+    return tokens - int(evicting.sum()) * rt.config.page_size
+
+
+HOOKS = (
+    ("sglang.srt.mem_cache.allocation.alloc_for_decode", alloc_for_decode, "AROUND"),
+    (
+        "sglang.srt.managers.schedule_batch.ScheduleBatch.new_tokens_required_next_decode",
+        new_tokens_required_next_decode,
+        "AROUND",
+    ),
+)
