@@ -54,6 +54,8 @@ class Runtime:
         self.acc: torch.Tensor | None = None  # [bs, L] float32 page shares summed over layers
         self.num_layers = 0
         self.start_layer = 0
+        self.allocator = None  # SGLang's token allocator and tree cache (set on first decode), for the summary
+        self.tree_cache = None
         self.metrics = None  # SGLang's SchedulerMetricsCollector, with our counter and gauge (--enable-metrics)
 
     # -- setup ---------------------------------------------------------------------------------------------------
@@ -103,8 +105,18 @@ class Runtime:
         return 0 if self.state is None else int(self.state.count.sum())
 
     def summary(self) -> dict:
-        """The scheduler's `raas` entry in `/get_server_info` (JSON-safe)."""
+        """The scheduler's `raas` entry in `/get_server_info` (JSON-safe). `free_tokens + evictable_tokens` equals
+        the pool size when no request holds KV (no leak, I3)."""
+        pool = {}
+        if self.allocator is not None:
+            pool = {
+                "free_tokens": int(self.allocator.available_size()),
+                "evictable_tokens": int(self.tree_cache.evictable_size()),
+                "protected_tokens": int(self.tree_cache.protected_size()),
+                "pool_tokens": int(self.allocator.size),
+            }
         return {
+            **pool,
             **self.config.to_dict(),
             "evicted_pages_total": self.totals.evicted_pages,
             "resident_pages": self.resident_pages(),

@@ -55,6 +55,7 @@ def alloc_for_decode(orig, batch, token_per_req):
         return orig(batch, token_per_req)
     req_to_token = batch.req_to_token_pool.req_to_token
     rt.ensure_state(req_to_token)
+    rt.allocator, rt.tree_cache = batch.token_to_kv_pool_allocator, batch.tree_cache
     _admit_new_rows(rt, batch)
     rows = batch.req_pool_indices.to(torch.int64)  # [bs]
     positions = batch.seq_lens.to(torch.int64)  # [bs] logical position of this step's token

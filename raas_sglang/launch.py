@@ -68,7 +68,11 @@ class Server:
             self.url + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
         )
         with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return json.loads(resp.read())
+            data = resp.read()
+        try:
+            return json.loads(data)
+        except ValueError:
+            return data.decode(errors="replace")  # a few endpoints (/flush_cache) answer in plain text
 
     def stop(self, timeout: float = 30) -> int | None:
         """SIGTERM the whole process group, then SIGKILL what is left after `timeout` seconds."""

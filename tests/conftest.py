@@ -13,6 +13,13 @@ from raas_sglang.launch import Server, start_server
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL_POOL = ("--max-total-tokens", "4096", "--mem-fraction-static", "0.5")
+# SGLang's own KV accounting checks, raising on any violation (the idle check is strict by default)
+STRICT_ENV = {
+    "SGLANG_ENABLE_STRICT_MEM_CHECK_DURING_BUSY": "1",
+    "SGLANG_ENABLE_STRICT_MEM_CHECK_DURING_IDLE": "1",
+    "SGLANG_CHECK_KV_PAGE_INVARIANTS": "1",
+    "SGLANG_DEBUG_MEMORY_POOL": "1",
+}
 
 
 def pytest_configure(config):
@@ -38,6 +45,6 @@ def model_dir() -> Path:
     return tiny_model.build()
 
 
-def serve(model_dir: Path, *args: str, tmp: Path) -> Server:
+def serve(model_dir: Path, *args: str, tmp: Path, env: dict | None = None) -> Server:
     """Start a server with the tests' defaults (small pool, CPU flags added by the launcher)."""
-    return start_server(model_dir, [*SMALL_POOL, *args], log_path=tmp / "server.log")
+    return start_server(model_dir, [*SMALL_POOL, *args], log_path=tmp / "server.log", env=env)

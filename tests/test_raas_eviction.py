@@ -1,0 +1,199 @@
+"""RaaS physical eviction inside a real SGLang server (CPU, tiny model, float32, page 16, radix cache on),
+under SGLang's strict KV checks. Checks invariants I1-I5 of ../shared/design.md from the outside."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from conftest import STRICT_ENV, serve
+
+PS = 16
+SERVER_BUDGET = 256
+PROMPT = [1] + list(range(30, 70))  # 41 tokens: pinned pages 0..2 (page 2 is the partial prompt page)
+
+
+@pytest.fixture(scope="module")
+def server(model_dir, tmp_path_factory):
+    srv = serve(
+        model_dir,
+        "--kv-policy", "raas", "--raas-budget", str(SERVER_BUDGET),
+        tmp=tmp_path_factory.mktemp("raas_evict"),
+        env=STRICT_ENV,
+    )
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def hf(model_dir):
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+
+
+def gen(server, ids, n, **custom):
+    body = {
+        "input_ids": ids,
+        "sampling_params": {"max_new_tokens": n, "temperature": 0, "ignore_eos": True, "custom_params": custom},
+        "return_logprob": True,
+    }
+    return server.post("/generate", body)
+
+
+def bound(prompt_len: int, budget: int) -> int:
+    return -(-prompt_len // PS) * PS + budget + PS
+
+
+def hf_logprobs(model, ids: list[int], allowed: torch.Tensor) -> torch.Tensor:
+    """log-softmax over the vocabulary at every position, with `allowed` [T, T] bool as the attention mask."""
+    with torch.no_grad():
+        logits = model(torch.tensor([ids]), attention_mask=allowed[None, None]).logits[0]
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
+def kept_mask(total: int, trace: list) -> torch.Tensor:
+    """[T, T] bool: query i sees key j iff j <= i and j was not evicted at or before the step writing i."""
+    mask = torch.tril(torch.ones(total, total, dtype=torch.bool))
+    for pos, lo, hi in trace:
+        mask[pos:, lo:hi] = False
+    return mask
+
+
+def test_exact_when_budget_covers_output(server, hf):
+    """I5: budget >= output => token-identical to dense (HF greedy == dense SGLang, see test_dense_hf)."""
+    n = 150
+    out = gen(server, PROMPT, n, raas_budget=SERVER_BUDGET)
+    assert out["meta_info"]["raas"]["evicted_pages"] == 0
+    ids = PROMPT + out["output_ids"]
+    lp = hf_logprobs(hf, ids, torch.tril(torch.ones(len(ids), len(ids), dtype=torch.bool)))
+    greedy = lp[len(PROMPT) - 1 : -1].argmax(-1).tolist()
+    assert out["output_ids"] == greedy
+    dense = gen(server, PROMPT, n, kv_policy="dense")
+    assert dense["output_ids"] == out["output_ids"] and dense["meta_info"]["raas"]["policy"] == "dense"
+
+
+def test_logprobs_match_masked_reference(server, hf):
+    """I5 with evictions: the server's log-probabilities of its own output equal an HF run whose attention is
+    masked to exactly the positions the server kept at each step."""
+    n = 420
+    out = gen(server, PROMPT, n, raas_budget=32, raas_trace=True)
+    raas = out["meta_info"]["raas"]
+    assert raas["evicted_pages"] >= 10 and len(raas["trace"]) == raas["evicted_pages"]
+    ids = PROMPT + out["output_ids"]
+    lp = hf_logprobs(hf, ids, kept_mask(len(ids), raas["trace"]))
+    ref = lp[len(PROMPT) - 1 : -1].gather(1, torch.tensor(out["output_ids"])[:, None]).squeeze(1)
+    got = torch.tensor([x[0] for x in out["meta_info"]["output_token_logprobs"]])
+    assert (got - ref).abs().max().item() < 1e-3
+    # the reference really differs from dense attention: eviction changed what the model saw
+    dense_lp = hf_logprobs(hf, ids, torch.tril(torch.ones(len(ids), len(ids), dtype=torch.bool)))
+    dense_ref = dense_lp[len(PROMPT) - 1 : -1].gather(1, torch.tensor(out["output_ids"])[:, None]).squeeze(1)
+    assert (dense_ref - ref).abs().max().item() > 1e-3
+
+
+@pytest.mark.parametrize("budget", [32, 64, 160])
+def test_memory_is_bounded(server, budget):
+    """I4: peak KV tokens read from the request's slots <= ceil(prompt/ps)*ps + L*ps + ps; dense holds it all."""
+    n = 400
+    out = gen(server, PROMPT, n, raas_budget=budget)
+    raas = out["meta_info"]["raas"]
+    assert raas["budget_tokens"] == budget
+    assert raas["evicted_pages"] > 0
+    assert raas["peak_kv_tokens"] <= bound(len(PROMPT), budget)
+    assert raas["peak_kv_tokens"] >= -(-len(PROMPT) // PS) * PS + budget  # it did fill its budget
+    dense = gen(server, PROMPT, n, kv_policy="dense")["meta_info"]["raas"]
+    assert dense["evicted_pages"] == 0 and dense["peak_kv_tokens"] >= len(PROMPT) + n - 1
+
+
+def test_multi_turn_reuses_prompt_and_matches_cold(server):
+    """Turn 2 of a chat whose turn 1 evicted pages hits the radix cache for turn 1's prompt, and its output equals
+    a cold server's output for the same request under the same policy."""
+    t1 = gen(server, PROMPT, 300, raas_budget=32)
+    assert t1["meta_info"]["raas"]["evicted_pages"] > 0
+    turn2 = PROMPT + t1["output_ids"] + [3, 100, 101, 102, 4]
+    warm = gen(server, turn2, 120, raas_budget=32)
+    assert warm["meta_info"]["cached_tokens"] >= len(PROMPT)
+    server.post("/flush_cache", {})
+    cold = gen(server, turn2, 120, raas_budget=32)
+    assert cold["meta_info"]["cached_tokens"] == 0
+    assert cold["output_ids"] == warm["output_ids"]
+
+
+@pytest.mark.parametrize(
+    "custom, field",
+    [
+        ({"raas_budget": 10**9}, "custom_params.raas_budget: must be at most"),
+        ({"raas_budget": 16}, "custom_params.raas_budget: must be at least 2 pages"),
+        ({"raas_budget": "64"}, "custom_params.raas_budget: must be a positive integer"),
+        ({"kv_policy": "lru"}, "custom_params.kv_policy: must be one of dense, raas"),
+        ({"raas_trace": "yes"}, "custom_params.raas_trace: must be true or false"),
+    ],
+)
+def test_bad_custom_params_get_400(server, custom, field):
+    body = {"input_ids": PROMPT, "sampling_params": {"max_new_tokens": 4, "custom_params": custom}}
+    with pytest.raises(urllib.error.HTTPError) as err:
+        server.post("/generate", body)
+    assert err.value.code == 400
+    assert field in err.value.read().decode()
+    chat = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 4,
+        "custom_params": custom,
+    }
+    with pytest.raises(urllib.error.HTTPError) as err:
+        server.post("/v1/chat/completions", chat)
+    assert err.value.code == 400 and field in err.value.read().decode()
+    assert len(gen(server, PROMPT, 3)["output_ids"]) == 3  # still serving
+
+
+def test_openai_custom_params_reach_scheduler(server):
+    out = server.post(
+        "/v1/completions",
+        {"model": "tiny", "prompt": "let x equal", "max_tokens": 200, "temperature": 0, "ignore_eos": True,
+         "custom_params": {"raas_budget": 32}, "return_meta_info": False},
+    )
+    assert out["usage"]["completion_tokens"] == 200
+    info = server.get("/get_server_info")["internal_states"][0]["raas"]
+    assert info["evicted_pages_total"] > 0
+
+
+def _abort_streams(server, count: int) -> None:
+    """Start streaming RaaS requests and drop each connection after a few chunks (client disconnect)."""
+    for i in range(count):
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        body = {
+            "input_ids": PROMPT[: 20 + i],
+            "sampling_params": {"max_new_tokens": 2000, "temperature": 0, "ignore_eos": True,
+                                "custom_params": {"raas_budget": 32}},
+            "stream": True,
+        }
+        conn.request("POST", "/generate", json.dumps(body), {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        for _ in range(40 + 30 * i):
+            resp.fp.readline()
+        conn.close()
+
+
+def test_no_leak_after_finished_aborted_and_shared_prefix(server):
+    """I1-I3: after finished, aborted and shared-prefix requests, every slot is free or in the tree."""
+    _abort_streams(server, 3)
+    shared = PROMPT + list(range(100, 140))
+    for n, budget in ((90, 32), (130, 48), (60, 256)):
+        gen(server, shared + [n], n, raas_budget=budget)
+    deadline = time.monotonic() + 60
+    while True:
+        info = server.get("/get_server_info")["internal_states"][0]["raas"]
+        if info["running_raas_requests"] == 0 and info["protected_tokens"] == 0:
+            break
+        assert time.monotonic() < deadline, info
+        time.sleep(0.5)
+    assert info["evicted_pages_total"] > 0
+    assert info["free_tokens"] + info["evictable_tokens"] == info["pool_tokens"], info
+    top = server.get("/get_server_info")["raas"]
+    assert (top["policy"], top["page_size"], top["budget_tokens"]) == ("raas", 16, SERVER_BUDGET)
