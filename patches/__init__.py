@@ -7,6 +7,7 @@ module with SGLang's `HookRegistry`; SGLang applies them right after all plugins
 Seams (one module each; each names the upstream symbols it hooks):
 - `server_args`: the RaaS flags, validation, `sgl.Engine(kv_policy=...)`, overlap scheduler off under RaaS.
 - `schedule`: eviction before each decode step's KV allocation; the decode memory check.
+- `admission`: prefill admission reserves at most prompt + L pages + one page for a RaaS request.
 - `attention`: the torch-native backend reads resident tokens only; page key bounds and page scores.
 - `radix`: hole-aware radix inserts, row frees and pool accounting.
 - `api`: per-request validation (HTTP 400), `meta_info["raas"]`, `/get_server_info`, metrics, the decode log.
@@ -36,7 +37,7 @@ def register() -> None:
         return
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
-    from raas_sglang.patches import api, attention, radix, schedule, server_args
+    from raas_sglang.patches import admission, api, attention, radix, schedule, server_args
     from raas_sglang.patches.lazy import register_hooks_when_imported
 
     def now(hooks):
@@ -49,7 +50,7 @@ def register() -> None:
         for module, hooks in api.MAIN_HOOKS.items():
             register_hooks_when_imported(module, hooks)
     else:
-        for module in (schedule, attention, radix):
+        for module in (schedule, admission, attention, radix):
             now(module.HOOKS)
         now(api.SCHEDULER_HOOKS)
     _registered = True

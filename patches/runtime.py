@@ -120,6 +120,7 @@ class Runtime:
             **self.config.to_dict(),
             "evicted_pages_total": self.totals.evicted_pages,
             "resident_pages": self.resident_pages(),
+            "running_requests": len(self.rows),
             "running_raas_requests": sum(1 for i in self.rows.values() if i.raas),
             "admitted_raas_total": self.totals.admitted_raas,
             "admitted_dense_total": self.totals.admitted_dense,

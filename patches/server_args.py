@@ -123,7 +123,62 @@ def resolve_once(self, *args, **kwargs):
     return None
 
 
+def unsupported(view) -> list[str]:
+    """What a RaaS server cannot run with yet, each as 'what; what to change' (empty when fine).
+
+    `view` is the resolved server args (`resolving_view(server_args)`).
+    """
+    problems = []
+    if view.speculative_algorithm:
+        problems.append("speculative decoding; drop --speculative-algorithm")
+    if str(view.disaggregation_mode) not in ("null", "None", "DisaggregationMode.NULL"):
+        problems.append("PD disaggregation; drop --disaggregation-mode")
+    if view.enable_hierarchical_cache:
+        problems.append("the hierarchical cache; drop --enable-hierarchical-cache")
+    for name in ("tp_size", "pp_size", "dp_size"):
+        if (getattr(view, name, 1) or 1) > 1:
+            problems.append(f"{name.replace('_', ' ')} > 1; use --{name.replace('_', '-')} 1")
+    backends = {view.attention_backend, view.decode_attention_backend, view.prefill_attention_backend} - {None}
+    if backends - {"torch_native"}:
+        problems.append(
+            f"attention backend {', '.join(sorted(backends - {'torch_native'}))} (RaaS runs on torch_native for now); "
+            "use --attention-backend torch_native"
+        )
+    if view.enable_torch_compile:
+        problems.append("torch.compile / CPU graphs (they bypass the RaaS decode path); drop --enable-torch-compile")
+    graphs = getattr(view, "cuda_graph_config", None)
+    decode_graph = getattr(getattr(graphs, "decode", None), "backend", "disabled")
+    if str(decode_graph) not in ("disabled", "None"):
+        problems.append("CUDA graphs for decode; add --cuda-graph-backend-decode=disabled")
+    return problems
+
+
+def check_server_args(result, self, *args, **kwargs):
+    """AFTER hook on `ServerArgs.check_server_args` (runs once resolved, on the CLI and `sgl.Engine` paths,
+    before any child process starts): refuse combinations RaaS does not support yet, saying what to change."""
+    if not config_of(self).enabled:
+        return result
+    from sglang.srt.arg_groups.overrides import resolving_view
+
+    problems = unsupported(resolving_view(self))
+    try:
+        from sglang.srt.arg_groups.model_override_base import model_config_of
+        from sglang.srt.configs.model_config import AttentionArch
+
+        if model_config_of(self).attention_arch == AttentionArch.MLA:
+            problems.append("MLA/DSA models (RaaS pages per-head KV); use --kv-policy dense for this model")
+    except (ImportError, AttributeError):
+        pass
+    if problems:
+        message = "--kv-policy raas does not support " + "; nor ".join(problems)
+        if str(self.launch_command or "").startswith("Engine("):
+            raise ConfigError(message)
+        raise SystemExit(f"error: {message}")  # the CLI launcher: one line, no traceback
+    return result
+
+
 HOOKS = (
+    ("sglang.srt.server_args.ServerArgs.check_server_args", check_server_args, "AFTER"),
     ("sglang.srt.server_args.ServerArgs.resolve_once", resolve_once, "BEFORE"),
     ("sglang.srt.server_args.ServerArgs.add_cli_args", add_cli_args, "AFTER"),
     ("sglang.srt.server_args.ServerArgs.from_cli_args", from_cli_args, "AROUND"),
