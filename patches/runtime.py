@@ -192,7 +192,7 @@ class Runtime:
         first_slots = req_to_token[v_rows, v_pages * ps].to(torch.int64)  # [m]
         allocator.free_page_ids(first_slots // ps)
         req_to_token[v_rows[:, None], cols] = 0
-        state.evict(Victims(v_rows, victims.page))
+        state.evict(Victims(v_rows, v_pages))
         n = int(hit.sum())
         self.totals.evicted_pages += n
         if self.metrics is not None:

@@ -110,6 +110,33 @@ def test_memory_is_bounded(server, budget):
     assert dense["evicted_pages"] == 0 and dense["peak_kv_tokens"] >= len(PROMPT) + n - 1
 
 
+def test_concurrent_requests_each_bounded_and_exact(server, hf):
+    """A batch mixing budgets, dense and raas rows, evicting at different steps: each row keeps its own bound and
+    its log-probabilities still match the masked reference."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = [
+        (PROMPT, 300, {"raas_budget": 32, "raas_trace": True}),
+        (PROMPT[:25], 260, {"raas_budget": 48, "raas_trace": True}),
+        (PROMPT[:33], 280, {"kv_policy": "dense"}),
+        (PROMPT[:17], 240, {"raas_budget": 64, "raas_trace": True}),
+    ]
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        outs = list(pool.map(lambda j: gen(server, j[0], j[1], **j[2]), jobs))
+    for (ids, n, custom), out in zip(jobs, outs):
+        raas = out["meta_info"]["raas"]
+        if custom.get("kv_policy") == "dense":
+            assert raas["evicted_pages"] == 0 and raas["peak_kv_tokens"] >= len(ids) + n - 1
+            continue
+        assert raas["evicted_pages"] > 0
+        assert raas["peak_kv_tokens"] <= bound(len(ids), custom["raas_budget"])
+        full = ids + out["output_ids"]
+        lp = hf_logprobs(hf, full, kept_mask(len(full), raas["trace"]))
+        ref = lp[len(ids) - 1 : -1].gather(1, torch.tensor(out["output_ids"])[:, None]).squeeze(1)
+        got = torch.tensor([x[0] for x in out["meta_info"]["output_token_logprobs"]])
+        assert (got - ref).abs().max().item() < 1e-3
+
+
 def test_multi_turn_reuses_prompt_and_matches_cold(server):
     """Turn 2 of a chat whose turn 1 evicted pages hits the radix cache for turn 1's prompt, and its output equals
     a cold server's output for the same request under the same policy."""
