@@ -48,3 +48,12 @@ def model_dir() -> Path:
 def serve(model_dir: Path, *args: str, tmp: Path, env: dict | None = None) -> Server:
     """Start a server with the tests' defaults (small pool, CPU flags added by the launcher)."""
     return start_server(model_dir, [*SMALL_POOL, *args], log_path=tmp / "server.log", env=env)
+
+
+@pytest.fixture(scope="session")
+def hf(model_dir):
+    """The tiny model in Hugging Face transformers (float32, eval): the independent reference."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()

@@ -1,0 +1,45 @@
+"""Helpers shared by the RaaS server tests: requests, the bound I4, and the masked Hugging Face reference (I5)."""
+
+from __future__ import annotations
+
+import torch
+
+def gen(server, ids, n, **custom):
+    body = {
+        "input_ids": ids,
+        "sampling_params": {"max_new_tokens": n, "temperature": 0, "ignore_eos": True, "custom_params": custom},
+        "return_logprob": True,
+    }
+    return server.post("/generate", body)
+
+
+def bound(prompt_len: int, budget: int, ps: int = 16) -> int:
+    """I4: ceil(prompt / ps) * ps + budget + ps."""
+    return -(-prompt_len // ps) * ps + budget + ps
+
+
+def hf_logprobs(model, ids: list[int], allowed: torch.Tensor) -> torch.Tensor:
+    """log-softmax over the vocabulary at every position, with `allowed` [T, T] bool as the attention mask."""
+    with torch.no_grad():
+        logits = model(torch.tensor([ids]), attention_mask=allowed[None, None]).logits[0]
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
+def kept_mask(total: int, trace: list) -> torch.Tensor:
+    """[T, T] bool: query i sees key j iff j <= i and j was not evicted at or before the step writing i."""
+    mask = torch.tril(torch.ones(total, total, dtype=torch.bool))
+    for pos, lo, hi in trace:
+        mask[pos:, lo:hi] = False
+    return mask
+
+
+
+def masked_reference_error(model, prompt: list[int], out: dict, dense: bool = False) -> float:
+    """Max |server log-prob - reference log-prob| over the output tokens; the reference attends to exactly the
+    positions the server kept (from `meta_info.raas.trace`), or to everything with `dense`."""
+    ids = prompt + out["output_ids"]
+    trace = [] if dense else out["meta_info"]["raas"]["trace"]
+    lp = hf_logprobs(model, ids, kept_mask(len(ids), trace))
+    ref = lp[len(prompt) - 1 : -1].gather(1, torch.tensor(out["output_ids"])[:, None]).squeeze(1)
+    got = torch.tensor([x[0] for x in out["meta_info"]["output_token_logprobs"]])
+    return (got - ref).abs().max().item()
