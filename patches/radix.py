@@ -79,7 +79,9 @@ def release_kv_cache(orig, req, tree_cache, *a, **kw):
     if info is not None:
         req.raas_report = rt.report(row, info)  # read by the output streamer (patches/api.py)
         if not req.kv.holds_kv:
-            rt.release(row)
+            released = rt.release(row)
+            # a retracted request comes back (re-prefill) as a new row: carry its figures over
+            req.raas_carry = None if req.finished() else released
     return out
 
 

@@ -29,7 +29,9 @@ class RowInfo:
     raas: bool
     trace: bool = False
     peak_kv_tokens: int = 0
-    trace_steps: list = field(default_factory=list)  # [[decode_position, [evicted positions...]], ...]
+    trace_steps: list = field(default_factory=list)  # [[decode_position, first, end], ...] per evicted page
+    evicted_before: int = 0  # pages evicted before a retraction (the row's holes were released with it)
+    evicted_at_release: int = 0
 
 
 @dataclass
@@ -87,18 +89,31 @@ class Runtime:
 
     # -- request rows --------------------------------------------------------------------------------------------
 
-    def admit(self, row: int, rid: str, pin_len: int, raas: bool, budget_pages: int | None, trace: bool) -> None:
+    def admit(
+        self, row: int, rid: str, pin_len: int, raas: bool, budget_pages: int | None, trace: bool,
+        carry: RowInfo | None = None,
+    ) -> None:
+        """Start tracking `row` for request `rid`. `carry` is the request's record from before a retraction."""
         state = self.state
         state.admit(row, pin_len if raas else DENSE_PIN, budget_pages if raas else None)
-        self.rows[row] = RowInfo(rid=rid, raas=raas, trace=trace)
+        info = RowInfo(rid=rid, raas=raas, trace=trace)
+        if carry is not None:
+            info.peak_kv_tokens = carry.peak_kv_tokens
+            info.trace_steps = carry.trace_steps
+            info.evicted_before = carry.evicted_before + carry.evicted_at_release
+        self.rows[row] = info
         if raas:
             self.totals.admitted_raas += 1
         else:
             self.totals.admitted_dense += 1
 
-    def release(self, row: int) -> None:
-        if self.state is not None and self.rows.pop(row, None) is not None:
+    def release(self, row: int) -> RowInfo | None:
+        """Forget `row`; returns its record (with `evicted_at_release` set) for a retracted request to carry."""
+        info = self.rows.pop(row, None) if self.state is not None else None
+        if info is not None:
+            info.evicted_at_release = int(self.state.evicted[row])
             self.state.release(row)
+        return info
 
     def resident_pages(self) -> int:
         """Decode pages resident in RaaS rows right now."""
@@ -131,7 +146,7 @@ class Runtime:
         out = {
             "policy": "raas" if info.raas else "dense",
             "budget_tokens": int(self.state.limit[row]) * self.config.page_size if info.raas else None,
-            "evicted_pages": int(self.state.evicted[row]),
+            "evicted_pages": info.evicted_before + int(self.state.evicted[row]),
             "peak_kv_tokens": info.peak_kv_tokens,
         }
         if info.trace:

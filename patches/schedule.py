@@ -32,7 +32,7 @@ def _admit_new_rows(rt: runtime.Runtime, batch) -> None:
         # NOTE: pinned = the prompt, including any radix-matched prefix (a retracted request may have matched
         # past its prompt: the tree owns those tokens, so they are pinned too).
         pin = max(len(req.origin_input_ids), req.kv.cache_protected_len)
-        rt.admit(row, req.rid, pin, raas, budget_pages, trace)
+        rt.admit(row, req.rid, pin, raas, budget_pages, trace, carry=getattr(req, "raas_carry", None))
         if raas:
             _adopt_existing_decode_pages(rt, batch, row, req.kv.kv_committed_len)
 
