@@ -52,3 +52,32 @@ def test_dense_equals_transformers_greedy(server, model_dir):
 
 def test_dense_keeps_stock_page_size(server):
     assert server.get("/get_server_info")["page_size"] == 1
+
+
+@pytest.fixture(scope="module")
+def stock(model_dir, tmp_path_factory):
+    """The same server with the raas plugin excluded through SGLang's own plugin whitelist."""
+    from raas_sglang.launch import start_server
+
+    from conftest import SMALL_POOL
+
+    srv = start_server(model_dir, list(SMALL_POOL), env={"SGLANG_PLUGINS": "not-raas"},
+                       log_path=tmp_path_factory.mktemp("stock") / "server.log")
+    yield srv
+    srv.stop()
+
+
+def test_dense_is_stock(server, stock):
+    """I6: --kv-policy dense changes nothing: same tokens, same cache use, same server info apart from added keys."""
+    server.post("/flush_cache", {})
+    stock.post("/flush_cache", {})
+    for prompt in PROMPTS + PROMPTS:  # twice: the second round hits the radix cache on both
+        body = {"input_ids": prompt, "sampling_params": {"max_new_tokens": 24, "temperature": 0, "ignore_eos": True}}
+        a, b = server.post("/generate", body), stock.post("/generate", body)
+        assert a["output_ids"] == b["output_ids"]
+        for key in ("prompt_tokens", "completion_tokens", "cached_tokens"):
+            assert a["meta_info"][key] == b["meta_info"][key]
+        assert "raas" not in a["meta_info"]
+    ours, theirs = server.get("/get_server_info"), stock.get("/get_server_info")
+    assert set(ours) - set(theirs) == {"raas"} and set(theirs) <= set(ours)
+    assert "raas" not in ours["internal_states"][0] and ours["raas"]["policy"] == "dense"

@@ -16,7 +16,10 @@ from raas_helpers import bound, gen, hf_logprobs
 @pytest.fixture(scope="module")
 def server(model_dir, tmp_path_factory):
     env = {**STRICT_ENV, "SGLANG_TEST_RETRACT": "1", "SGLANG_TEST_RETRACT_INTERVAL": "37"}
-    srv = serve(model_dir, "--kv-policy", "raas", "--raas-budget", "256", tmp=tmp_path_factory.mktemp("retract"), env=env)
+    srv = serve(
+        model_dir, "--kv-policy", "raas", "--raas-budget", "256", "--enable-metrics",
+        tmp=tmp_path_factory.mktemp("retract"), env=env,
+    )
     yield srv
     srv.stop()
 
@@ -54,3 +57,14 @@ def test_no_leak_after_retractions(server):
     info = server.get("/get_server_info")["internal_states"][0]["raas"]
     assert info["running_requests"] == 0 and info["evicted_pages_total"] > 0
     assert info["free_tokens"] + info["evictable_tokens"] == info["pool_tokens"]
+
+
+def test_prometheus_metrics(server):
+    import re
+    import urllib.request
+
+    with urllib.request.urlopen(server.url + "/metrics", timeout=30) as resp:
+        text = resp.read().decode()
+    evicted = re.search(r"^sglang:raas_evicted_pages_total\{[^}]*\} ([0-9.e+]+)$", text, re.M)
+    assert evicted and float(evicted.group(1)) > 0, text[:2000]
+    assert re.search(r"^sglang:raas_resident_pages\{", text, re.M)
