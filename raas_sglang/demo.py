@@ -22,15 +22,6 @@ PROMPT = (
 )
 
 
-def held_kv_tokens(meta: dict) -> tuple[int, str]:
-    """The KV tokens the request held, as the server reports them, and where the figure came from."""
-    raas = meta.get("raas")
-    if raas and "peak_kv_tokens" in raas:
-        return raas["peak_kv_tokens"], "server meta_info.raas.peak_kv_tokens"
-    # RaaS eviction (step 2) not active yet: the request keeps every token, as dense does.
-    return meta["prompt_tokens"] + meta["completion_tokens"], "prompt + output (no eviction yet)"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--new-tokens", type=int, default=1536)
@@ -57,16 +48,18 @@ def main(argv: list[str] | None = None) -> int:
         seconds = time.monotonic() - t1
         page = server.get("/get_server_info")["page_size"]
     meta = out["meta_info"]
-    held, source = held_kv_tokens(meta)
+    raas = meta["raas"]  # read by the server from the request's actual KV slots
     dense = meta["prompt_tokens"] + meta["completion_tokens"]
+    bound = -(-meta["prompt_tokens"] // page) * page + raas["budget_tokens"] + page
     print("[demo] summary")
     print(f"  prompt tokens         {meta['prompt_tokens']}")
     print(f"  tokens generated      {meta['completion_tokens']}")
     print(f"  seconds               {seconds:.1f}  ({meta['completion_tokens'] / seconds:.0f} tok/s)")
     print(f"  page size             {page}")
-    print(f"  KV tokens held        {held}  ({source})")
-    print(f"  dense would hold      {dense}")
-    ok = meta["completion_tokens"] == args.new_tokens
+    print(f"  KV tokens held (peak) {raas['peak_kv_tokens']}  (bound: prompt pages + budget + one page = {bound})")
+    print(f"  pages evicted         {raas['evicted_pages']}")
+    print(f"  dense would hold      {dense}  ({dense / raas['peak_kv_tokens']:.1f}x more)")
+    ok = meta["completion_tokens"] == args.new_tokens and raas["peak_kv_tokens"] <= bound
     if not ok:
         print(f"[demo] expected {args.new_tokens} tokens, got {meta['completion_tokens']}", file=sys.stderr)
     return 0 if ok else 1
