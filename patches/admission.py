@@ -30,11 +30,14 @@ def _decode_allowance(rt: runtime.Runtime, req) -> int | None:
 def _decode_held(rt: runtime.Runtime, req) -> int:
     """Decode tokens the running request holds now (whole pages past the pinned prompt, minus evicted pages)."""
     ps = rt.config.page_size
-    pinned = -(-len(req.origin_input_ids) // ps) * ps
-    held = -(-req.kv.kv_committed_len // ps) * ps - pinned
+    pin_len = len(req.origin_input_ids)
     row = req.kv.req_pool_idx
     info = rt.rows.get(row) if row is not None else None
-    if info is not None and info.rid == req.rid and rt.state is not None:
+    admitted = info is not None and info.rid == req.rid and rt.state is not None
+    if admitted:
+        pin_len = int(rt.state.pin_len[row])  # may exceed the prompt after a re-prefill matched past it
+    held = -(-req.kv.kv_committed_len // ps) * ps - -(-pin_len // ps) * ps
+    if admitted:
         held -= int(rt.state.evicted[row]) * ps
     return max(0, held)
 

@@ -39,8 +39,16 @@ def _server_config() -> RaasConfig:
 
 
 def verify(result, self, *args, **kwargs):
+    if not self.custom_params and (self.beam_width or 1) <= 1:
+        return result
     try:
-        request_overrides(self.custom_params, _server_config())
+        config = _server_config()
+    except Exception:  # no published server args in this process (e.g. a bare SamplingParams): nothing to check
+        return result
+    if config.enabled and (self.beam_width or 1) > 1:
+        raise ValueError("beam_width: beam search is not supported with --kv-policy raas yet; use a dense server")
+    try:
+        request_overrides(self.custom_params, config)
     except ConfigError as err:
         raise ValueError(str(err)) from None
     return result

@@ -29,7 +29,7 @@ def _row_info(rt: runtime.Runtime, req) -> runtime.RowInfo | None:
 
 def checkpoint_into_tree(self, req, *args, up_to, **kwargs):
     rt = runtime.get()
-    if rt is None:
+    if rt is None or runtime.FAULT == "tree_adopts_hole":
         return None
     cap = up_to
     info = _row_info(rt, req)

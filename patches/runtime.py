@@ -9,6 +9,7 @@ Hooks upstream: none (this module holds state only).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +19,10 @@ from raas_sglang.config import RaasConfig
 from raas_sglang.core import EMPTY, RaasState, Victims
 from raas_sglang.scoring import PageKeyBounds, page_shares
 
-DENSE_PIN = 1 << 40  # pin_len of a row served densely: everything pinned, nothing ever evicted
+DENSE_PIN = 1 << 40
+# Test-only fault injection, so tests can prove each invariant check fires (tests/test_invariant_checks.py):
+# "double_free" (I1), "tree_adopts_hole" (I2), "leak" (I3). Never set in production.
+FAULT = os.environ.get("RAAS_TEST_FAULT", "")  # pin_len of a row served densely: everything pinned, nothing ever evicted
 
 
 @dataclass
@@ -159,7 +163,7 @@ class Runtime:
         if info is None or not info.raas or int(self.state.evicted[row]) == 0:
             return []
         ps = self.config.page_size
-        first = int(self.state.first_decode_page(torch.tensor([row]))[0])
+        first = int(self.state.first_decode_page(torch.tensor([row], device=self.state.device))[0])
         last = -(-upto_tokens // ps)  # pages [first, last) exist in the row
         resident = set(self.state.resident_pages(row))
         newest = max(resident) if resident else first - 1
@@ -205,7 +209,10 @@ class Runtime:
         v_rows, v_pages = rows[hit], victims.page[hit]  # [m]
         cols = v_pages[:, None] * ps + torch.arange(ps, device=rows.device)  # [m, ps] logical positions
         first_slots = req_to_token[v_rows, v_pages * ps].to(torch.int64)  # [m]
-        allocator.free_page_ids(first_slots // ps)
+        if FAULT != "leak":
+            allocator.free_page_ids(first_slots // ps)
+        if FAULT == "double_free":
+            allocator.free_page_ids(first_slots // ps)
         req_to_token[v_rows[:, None], cols] = 0
         state.evict(Victims(v_rows, v_pages))
         n = int(hit.sum())

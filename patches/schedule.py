@@ -40,11 +40,11 @@ def _admit_new_rows(rt: runtime.Runtime, batch) -> None:
 def _adopt_existing_decode_pages(rt: runtime.Runtime, batch, row: int, seq_len: int) -> None:
     """A re-prefilled (retracted) request already holds decode pages: open them oldest first, then trim back to
     its limit, evicting the oldest (design: re-prefilled output is decode pages, not pinned)."""
-    state, ps = rt.state, rt.config.page_size
-    first = int(state.first_decode_page(torch.tensor([row]))[0])
-    rows = torch.tensor([row])
+    state, ps, dev = rt.state, rt.config.page_size, rt.state.device
+    rows = torch.tensor([row], device=dev)
+    first = int(state.first_decode_page(rows)[0])
     for page in range(first, -(-seq_len // ps)):
-        pos = torch.tensor([page * ps])
+        pos = torch.tensor([page * ps], device=dev)
         rt.evict(rows, pos, batch.req_to_token_pool.req_to_token, batch.token_to_kv_pool_allocator)
         state.open_pages(rows, pos)
 
@@ -75,8 +75,9 @@ def new_tokens_required_next_decode(orig, self, selected_indices=None):
     admitted = [r for r in reqs if (info := rt.rows.get(r.kv.req_pool_idx)) is not None and info.rid == r.rid]
     if not admitted:
         return tokens
-    rows = torch.tensor([r.kv.req_pool_idx for r in admitted], dtype=torch.int64)
-    positions = torch.tensor([r.kv.kv_committed_len for r in admitted], dtype=torch.int64)
+    dev = rt.state.device
+    rows = torch.tensor([r.kv.req_pool_idx for r in admitted], dtype=torch.int64, device=dev)
+    positions = torch.tensor([r.kv.kv_committed_len for r in admitted], dtype=torch.int64, device=dev)
     evicting = rt.state.opens_page(rows, positions) & (rt.state.count[rows] >= rt.state.limit[rows])
     return tokens - int(evicting.sum()) * rt.config.page_size
 

@@ -144,6 +144,10 @@ def unsupported(view) -> list[str]:
             f"attention backend {', '.join(sorted(backends - {'torch_native'}))} (RaaS runs on torch_native for now); "
             "use --attention-backend torch_native"
         )
+    if getattr(view, "enable_mixed_chunk", False):
+        problems.append("mixed chunked prefill (decode rows would take the extend path); drop --enable-mixed-chunk")
+    if getattr(view, "enable_streaming_session", False):
+        problems.append("streaming sessions; drop --enable-streaming-session")
     if view.enable_torch_compile:
         problems.append("torch.compile / CPU graphs (they bypass the RaaS decode path); drop --enable-torch-compile")
     graphs = getattr(view, "cuda_graph_config", None)
@@ -165,8 +169,15 @@ def check_server_args(result, self, *args, **kwargs):
         from sglang.srt.arg_groups.model_override_base import model_config_of
         from sglang.srt.configs.model_config import AttentionArch
 
-        if model_config_of(self).attention_arch == AttentionArch.MLA:
+        model = model_config_of(self)
+        if model.attention_arch == AttentionArch.MLA:
             problems.append("MLA/DSA models (RaaS pages per-head KV); use --kv-policy dense for this model")
+        if getattr(model, "is_hybrid_swa", False) or getattr(model, "window_size", None) or getattr(
+            model, "attention_chunk_size", None
+        ):
+            problems.append("sliding-window or chunked-attention models; use --kv-policy dense for this model")
+        if getattr(model, "is_encoder_decoder", False):
+            problems.append("encoder-decoder models; use --kv-policy dense for this model")
     except (ImportError, AttributeError):
         pass
     if problems:

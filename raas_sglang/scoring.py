@@ -59,10 +59,10 @@ class PageKeyBounds:
         kmax = self.kmax[layer][pages]
         bs, q_heads, d = q.shape
         kv_heads = kmin.shape[2]
-        qg = q.to(kmin.dtype).view(bs, kv_heads, q_heads // kv_heads, 1, d)  # [bs, h, g, 1, d]
-        lo = kmin.permute(0, 2, 1, 3)[:, :, None]  # [bs, h, 1, P, d]
-        hi = kmax.permute(0, 2, 1, 3)[:, :, None]
-        u = torch.maximum(qg * lo, qg * hi).sum(-1)  # [bs, h, g, P]
+        qg = q.to(kmin.dtype).view(bs, kv_heads, q_heads // kv_heads, d)  # [bs, h, g, d]
+        # max(q*lo, q*hi) per dim = q*hi where q >= 0 else q*lo: split q by sign, two matmuls
+        pos, neg = qg.clamp(min=0), qg.clamp(max=0)
+        u = torch.einsum("bhgd,bphd->bhgp", pos, kmax) + torch.einsum("bhgd,bphd->bhgp", neg, kmin)  # [bs,h,g,P]
         return u.amax(dim=2) * sm_scale  # [bs, h, P]
 
 

@@ -178,5 +178,8 @@ def test_no_leak_after_finished_aborted_and_shared_prefix(server):
         time.sleep(0.5)
     assert info["evicted_pages_total"] > 0
     assert info["free_tokens"] + info["evictable_tokens"] == info["pool_tokens"], info
+    server.post("/flush_cache", {})
+    flushed = server.get("/get_server_info")["internal_states"][0]["raas"]
+    assert flushed["free_tokens"] == flushed["pool_tokens"] and flushed["evictable_tokens"] == 0
     top = server.get("/get_server_info")["raas"]
     assert (top["policy"], top["page_size"], top["budget_tokens"]) == ("raas", 16, SERVER_BUDGET)
