@@ -29,6 +29,17 @@ SHAPE = dict(
     max_position_embeddings=32768,
     vocab_size=512,
 )
+# "bench" shape of ../shared/measure.md: large enough that attention matters on CPU (random weights)
+BENCH_SHAPE = dict(
+    hidden_size=512,
+    intermediate_size=1408,
+    num_hidden_layers=4,
+    num_attention_heads=8,
+    num_key_value_heads=8,
+    max_position_embeddings=32768,
+    vocab_size=512,
+)
+BENCH_DIR = REPO_ROOT / ".models" / "bench"
 SPECIAL = ["<unk>", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>"]
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
@@ -76,12 +87,12 @@ def build_tokenizer(out: Path):
     return fast
 
 
-def build_model(out: Path, tokenizer) -> None:
+def build_model(out: Path, tokenizer, shape: dict) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
-        **SHAPE,
+        **shape,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -98,26 +109,35 @@ def build_model(out: Path, tokenizer) -> None:
     model.save_pretrained(out, safe_serialization=True)
 
 
-def build(out: Path = DEFAULT_DIR, force: bool = False) -> Path:
-    """Build the model into `out` unless a complete build of this version is already there."""
+def build(out: Path = DEFAULT_DIR, force: bool = False, shape: dict | None = None) -> Path:
+    """Build the model into `out` unless a complete build of this version and shape is already there."""
     out = Path(out)
+    shape = shape or SHAPE
     stamp = out / "raas_build.json"
-    if not force and stamp.exists() and json.loads(stamp.read_text()).get("version") == BUILD_VERSION:
-        return out
+    if not force and stamp.exists():
+        built = json.loads(stamp.read_text())
+        if built.get("version") == BUILD_VERSION and built.get("shape") == shape:
+            return out
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     tokenizer = build_tokenizer(out)
-    build_model(out, tokenizer)
-    stamp.write_text(json.dumps({"version": BUILD_VERSION, "shape": SHAPE}))
+    build_model(out, tokenizer, shape)
+    stamp.write_text(json.dumps({"version": BUILD_VERSION, "shape": shape}))
     return out
+
+
+def build_bench(force: bool = False) -> Path:
+    """The "bench" model shape (hidden 512, 4 layers, 8 heads) used by the throughput/overhead benchmarks."""
+    return build(BENCH_DIR, force, BENCH_SHAPE)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_DIR)
     parser.add_argument("--force", action="store_true")
+    parser.add_argument("--bench", action="store_true", help="build the bench shape into .models/bench")
     args = parser.parse_args(argv)
-    print(build(args.out, args.force))
+    print(build_bench(args.force) if args.bench else build(args.out, args.force))
 
 
 if __name__ == "__main__":
