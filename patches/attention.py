@@ -36,16 +36,21 @@ def init_forward_metadata(result, self, forward_batch):
     rt.scoring = None
     if not forward_batch.forward_mode.is_decode():
         return result
-    rt.ensure_bounds(self.token_to_kv_pool)
+    with runtime.timed(rt):
+        _build_tables(rt, self, forward_batch)
+    return result
+
+
+def _build_tables(rt: runtime.Runtime, backend, forward_batch) -> None:
+    rt.ensure_bounds(backend.token_to_kv_pool)
     rows = forward_batch.req_pool_indices.to(torch.int64)  # [bs]
-    req_to_token = self.req_to_token_pool.req_to_token
+    req_to_token = backend.req_to_token_pool.req_to_token
     if bool((rt.state.evicted[rows] > 0).any()):
         pos, n = rt.resident_positions(rows, forward_batch.seq_lens.to(torch.int64))
         table = req_to_token[rows[:, None], pos]  # [bs, n_max] KV slots
         rt.table = (table, n)
     if bool((rt.state.count[rows] > 0).any()):
         rt.page_scores_begin(rows, req_to_token)
-    return result
 
 
 def run_sdpa_forward_decode(orig, self, query, output, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, *a, **kw):
@@ -69,13 +74,14 @@ def forward_decode(orig, self, q, k, v, layer, forward_batch, *a, **kw):
     rt = _active(forward_batch)
     if rt is None:
         return out
-    _fold_keys(rt, layer, forward_batch, k)
-    if rt.scoring is not None:
-        lid = layer.layer_id - rt.start_layer
-        qh = q.reshape(q.shape[0], layer.tp_q_head_num, layer.qk_head_dim)
-        rt.score_layer(lid, qh, layer.scaling)
-        if lid == rt.num_layers - 1:
-            rt.page_scores_end()
+    with runtime.timed(rt):
+        _fold_keys(rt, layer, forward_batch, k)
+        if rt.scoring is not None:
+            lid = layer.layer_id - rt.start_layer
+            qh = q.reshape(q.shape[0], layer.tp_q_head_num, layer.qk_head_dim)
+            rt.score_layer(lid, qh, layer.scaling)
+            if lid == rt.num_layers - 1:
+                rt.page_scores_end()
     return out
 
 

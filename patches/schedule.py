@@ -12,6 +12,7 @@ Upstream symbols hooked (sglang 0.5.23):
 from __future__ import annotations
 
 import logging
+import time
 
 import torch
 
@@ -53,17 +54,30 @@ def alloc_for_decode(orig, batch, token_per_req):
     rt = runtime.get()
     if rt is None:
         return orig(batch, token_per_req)
-    req_to_token = batch.req_to_token_pool.req_to_token
-    rt.ensure_state(req_to_token)
-    rt.allocator, rt.tree_cache = batch.token_to_kv_pool_allocator, batch.tree_cache
-    _admit_new_rows(rt, batch)
-    rows = batch.req_pool_indices.to(torch.int64)  # [bs]
-    positions = batch.seq_lens.to(torch.int64)  # [bs] logical position of this step's token
-    rt.evict(rows, positions, req_to_token, batch.token_to_kv_pool_allocator)
+    _count_step(rt)
+    with runtime.timed(rt):
+        req_to_token = batch.req_to_token_pool.req_to_token
+        rt.ensure_state(req_to_token)
+        rt.allocator, rt.tree_cache = batch.token_to_kv_pool_allocator, batch.tree_cache
+        _admit_new_rows(rt, batch)
+        rows = batch.req_pool_indices.to(torch.int64)  # [bs]
+        positions = batch.seq_lens.to(torch.int64)  # [bs] logical position of this step's token
+        rt.evict(rows, positions, req_to_token, batch.token_to_kv_pool_allocator)
     out = orig(batch, token_per_req)
-    rt.state.open_pages(rows, positions)
-    rt.note_peaks(rows, positions + token_per_req, req_to_token)
+    with runtime.timed(rt):
+        rt.state.open_pages(rows, positions)
+        rt.note_peaks(rows, positions + token_per_req, req_to_token)
     return out
+
+
+def _count_step(rt: runtime.Runtime) -> None:
+    """Wall time between consecutive decode allocations = one scheduler step (idle gaps over 1 s are dropped)."""
+    now = time.perf_counter()
+    gap = now - rt.totals.last_step_start
+    if gap < 1.0:
+        rt.totals.step_seconds += gap
+        rt.totals.decode_steps += 1
+    rt.totals.last_step_start = now
 
 
 def new_tokens_required_next_decode(orig, self, selected_indices=None):

@@ -22,6 +22,14 @@ from typing import Any, Sequence
 
 from raas_sglang.cpu_env import has_cuda, launch_env
 
+# SGLang's own KV accounting checks, raising on any violation (busy and idle pool identities, the allocator's
+# duplicate-page check, per-request page ownership). Tests and benchmarks run servers with these on.
+STRICT_KV_CHECKS = {
+    "SGLANG_ENABLE_STRICT_MEM_CHECK_DURING_BUSY": "1",
+    "SGLANG_ENABLE_STRICT_MEM_CHECK_DURING_IDLE": "1",
+    "SGLANG_CHECK_KV_PAGE_INVARIANTS": "1",
+    "SGLANG_DEBUG_MEMORY_POOL": "1",
+}
 CPU_ARGS = ("--device", "cpu", "--attention-backend", "torch_native", "--dtype", "float32")
 
 
