@@ -8,6 +8,8 @@ Upstream symbols hooked (sglang 0.5.23). Launcher/tokenizer process (applied whe
 - `sglang.srt.managers.tokenizer_manager.TokenizerManager.update_request_meta_info`, AROUND: moves the
   scheduler's per-request `raas` report out of the token-sliced `customized_info` into `meta_info["raas"]`.
 - `sglang.srt.utils.common.build_server_info(server_args, scheduler_info)`, AFTER: a top-level `raas` entry.
+- `sglang.srt.managers.tokenizer_control_mixin.TokenizerControlMixin.open_session`, AROUND: SGLang sessions keep
+  a request's row across turns, which RaaS does not track yet; on a RaaS server `/open_session` answers 400.
 
 Scheduler process:
 - `sglang.srt.managers.scheduler.Scheduler.__init__`, AFTER: on a RaaS server, opt the output streamer into
@@ -70,7 +72,20 @@ def build_server_info(result, server_args, *args, **kwargs):
     return result
 
 
+async def open_session(orig, self, obj, *args, **kwargs):
+    if _server_config().enabled:
+        raise ValueError("open_session: SGLang sessions are not supported with --kv-policy raas yet; use a dense server")
+    return await orig(self, obj, *args, **kwargs)
+
+
 MAIN_HOOKS = {
+    "sglang.srt.managers.tokenizer_control_mixin": (
+        (
+            "sglang.srt.managers.tokenizer_control_mixin.TokenizerControlMixin.open_session",
+            open_session,
+            "AROUND",
+        ),
+    ),
     "sglang.srt.sampling.sampling_params": (
         ("sglang.srt.sampling.sampling_params.SamplingParams.verify", verify, "AFTER"),
     ),

@@ -24,6 +24,7 @@ def server(model_dir, tmp_path_factory):
     srv = serve(
         model_dir,
         "--kv-policy", "raas", "--raas-budget", str(SERVER_BUDGET),
+        "--chunked-prefill-size", "128",  # long prompts (multi-turn turn 2) take the chunk-checkpoint path
         tmp=tmp_path_factory.mktemp("raas_evict"),
         env=STRICT_ENV,
     )
@@ -183,3 +184,9 @@ def test_no_leak_after_finished_aborted_and_shared_prefix(server):
     assert flushed["free_tokens"] == flushed["pool_tokens"] and flushed["evictable_tokens"] == 0
     top = server.get("/get_server_info")["raas"]
     assert (top["policy"], top["page_size"], top["budget_tokens"]) == ("raas", 16, SERVER_BUDGET)
+
+
+def test_sessions_refused_with_400(server):
+    with pytest.raises(urllib.error.HTTPError) as err:
+        server.post("/open_session", {"capacity_of_str_len": 1000})
+    assert err.value.code == 400 and "open_session: SGLang sessions are not supported" in err.value.read().decode()
