@@ -55,14 +55,16 @@ class PageKeyBounds:
         q [bs, q_heads, head_dim]; pages [bs, P] int64 physical page ids (any valid id where masked later).
         Returns [bs, kv_heads, P] float32.
         """
-        kmin = self.kmin[layer][pages]  # [bs, P, kv_heads, d]
-        kmax = self.kmax[layer][pages]
-        bs, q_heads, d = q.shape
-        kv_heads = kmin.shape[2]
-        qg = q.to(kmin.dtype).view(bs, kv_heads, q_heads // kv_heads, d)  # [bs, h, g, d]
-        # max(q*lo, q*hi) per dim = q*hi where q >= 0 else q*lo: split q by sign, two matmuls
-        pos, neg = qg.clamp(min=0), qg.clamp(max=0)
-        u = torch.einsum("bhgd,bphd->bhgp", pos, kmax) + torch.einsum("bhgd,bphd->bhgp", neg, kmin)  # [bs,h,g,P]
+        bs, P = pages.shape
+        q_heads, d = q.shape[1], q.shape[2]
+        kv_heads = self.kmin[layer].shape[1]
+        flat = pages.reshape(-1)
+        # [bs, h, P, d] views of the gathered bounds (index_select of whole rows is the cheap gather on CPU)
+        hi = self.kmax[layer].index_select(0, flat).view(bs, P, kv_heads, d).transpose(1, 2)
+        lo = self.kmin[layer].index_select(0, flat).view(bs, P, kv_heads, d).transpose(1, 2)
+        qg = q.to(hi.dtype).view(bs, kv_heads, q_heads // kv_heads, d)  # [bs, h, g, d]
+        # max(q*lo, q*hi) per dim = q*hi where q >= 0 else q*lo: split q by sign, two batched matmuls
+        u = qg.clamp(min=0) @ hi.transpose(-1, -2) + qg.clamp(max=0) @ lo.transpose(-1, -2)  # [bs, h, g, P]
         return u.amax(dim=2) * sm_scale  # [bs, h, P]
 
 
