@@ -36,6 +36,11 @@ def _admit_new_rows(rt: runtime.Runtime, batch) -> None:
         rt.admit(row, req.rid, pin, raas, budget_pages, trace, carry=getattr(req, "raas_carry", None))
         if raas:
             _adopt_existing_decode_pages(rt, batch, row, req.kv.kv_committed_len)
+        dev = rt.state.device
+        rt.note_peaks(
+            torch.tensor([row], device=dev), torch.tensor([req.kv.kv_committed_len], device=dev),
+            batch.req_to_token_pool.req_to_token, force=True,
+        )
 
 
 def _adopt_existing_decode_pages(rt: runtime.Runtime, batch, row: int, seq_len: int) -> None:
@@ -60,13 +65,18 @@ def alloc_for_decode(orig, batch, token_per_req):
         rt.ensure_state(req_to_token)
         rt.allocator, rt.tree_cache = batch.token_to_kv_pool_allocator, batch.tree_cache
         _admit_new_rows(rt, batch)
-        rows = batch.req_pool_indices.to(torch.int64)  # [bs]
-        positions = batch.seq_lens.to(torch.int64)  # [bs] logical position of this step's token
-        rt.evict(rows, positions, req_to_token, batch.token_to_kv_pool_allocator)
+        # NOTE: pages open (and evictions happen) only where a row's next token starts a page; the host copy of
+        # seq_lens tells without touching device tensors, so 15 of 16 steps skip the policy work at page 16.
+        opening = bool((batch.seq_lens_cpu % rt.config.page_size == 0).any())
+        if opening:
+            rows = batch.req_pool_indices.to(torch.int64)  # [bs]
+            positions = batch.seq_lens.to(torch.int64)  # [bs] logical position of this step's token
+            rt.evict(rows, positions, req_to_token, batch.token_to_kv_pool_allocator)
     out = orig(batch, token_per_req)
-    with runtime.timed(rt):
-        rt.state.open_pages(rows, positions)
-        rt.note_peaks(rows, positions + token_per_req, req_to_token)
+    if opening:
+        with runtime.timed(rt):
+            rt.state.open_pages(rows, positions)
+            rt.note_peaks(rows, positions + token_per_req, req_to_token)
     return out
 
 

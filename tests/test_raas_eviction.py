@@ -136,6 +136,13 @@ def test_bad_custom_params_get_400(server, custom, field):
     assert len(gen(server, PROMPT, 3)["output_ids"]) == 3  # still serving
 
 
+def test_short_request_reports_its_prompt_pages(server):
+    """A decode that never opens a page still reports the KV it held (its prompt pages), read from its slots."""
+    out = gen(server, PROMPT, 4)
+    assert out["meta_info"]["raas"]["peak_kv_tokens"] == -(-len(PROMPT) // 16) * 16
+    assert out["meta_info"]["raas"]["evicted_pages"] == 0
+
+
 def test_openai_custom_params_reach_scheduler(server):
     out = server.post(
         "/v1/completions",
