@@ -41,8 +41,13 @@ def cpu_exports(environ: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def launch_env(environ: dict[str, str] | None = None, **extra: str) -> dict[str, str]:
-    """A copy of `environ` (default: this process's) ready to start SGLang on this machine, plus `extra`."""
+    """A copy of `environ` (default: this process's) ready to start SGLang on this machine, plus `extra`.
+
+    NOTE: `TRITON_INTERPRET` is dropped unless `extra` sets it: the test process turns the Triton interpreter on
+    for the kernel tests, and a server should only run Triton code interpreted when a test asks for it.
+    """
     env = dict(os.environ if environ is None else environ)
+    env.pop("TRITON_INTERPRET", None)
     env.update(cpu_exports(env))
     env.update(extra)
     return env

@@ -140,7 +140,7 @@ def start_server(
         server_command(model, port, args),
         stdout=log,
         stderr=subprocess.STDOUT,
-        env=launch_env(env),
+        env=launch_env(None, **(env or {})),
         start_new_session=True,
     )
     server = Server(proc, port, log_path, log)

@@ -7,6 +7,13 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
+import torch
+
+if not torch.cuda.is_available():
+    # The kernel tests run under the Triton interpreter on CPU. It must be on before anything imports
+    # triton.language (transformers and sglang do, at collection time). Servers never inherit it
+    # (raas_sglang.cpu_env.launch_env drops it unless asked).
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from raas_sglang import tiny_model
 from raas_sglang.cpu_env import has_cuda

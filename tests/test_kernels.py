@@ -12,7 +12,7 @@ import torch
 
 CUDA = torch.cuda.is_available()
 if not CUDA:
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels (and triton.jit) are imported
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # conftest sets it first; kept for running this file alone
 
 from raas_sglang.kernels.page_bounds import page_bounds_update, page_bounds_update_ref  # noqa: E402
 from raas_sglang.kernels.page_scores import page_scores, page_scores_ref  # noqa: E402
