@@ -34,9 +34,7 @@ def checkpoint_into_tree(self, req, *args, up_to, **kwargs):
     cap = up_to
     info = _row_info(rt, req)
     if info is not None and info.raas and rt.state is not None:
-        holes = rt.holes(req.kv.req_pool_idx, up_to)
-        if holes:
-            cap = min(cap, holes[0] * rt.config.page_size)
+        cap = min(cap, rt.state.first_hole(req.kv.req_pool_idx, up_to))
     if not req.finished() and request_policy(req, rt.config)[0]:
         cap = min(cap, max(len(req.origin_input_ids), req.kv.cache_protected_len))
     if cap == up_to:

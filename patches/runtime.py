@@ -167,16 +167,11 @@ class Runtime:
         return out
 
     def holes(self, row: int, upto_tokens: int) -> list[int]:
-        """Logical page indices of the row's evicted pages below `upto_tokens` (host list; not for the hot path)."""
+        """Evicted pages of an admitted RaaS row below `upto_tokens` (see `RaasState.holes`)."""
         info = self.rows.get(row)
-        if info is None or not info.raas or int(self.state.evicted[row]) == 0:
+        if info is None or not info.raas:
             return []
-        ps = self.config.page_size
-        first = int(self.state.first_decode_page(torch.tensor([row], device=self.state.device))[0])
-        last = -(-upto_tokens // ps)  # pages [first, last) exist in the row
-        resident = set(self.state.resident_pages(row))
-        newest = max(resident) if resident else first - 1
-        return [p for p in range(first, min(last, newest + 1)) if p not in resident]
+        return self.state.holes(row, upto_tokens)
 
     def note_peaks(self, rows: torch.Tensor, seq_lens: torch.Tensor, req_to_token: torch.Tensor, force=False) -> None:
         """Update each row's peak KV tokens, read from its actual slots: pages whose first row entry is a live

@@ -180,18 +180,20 @@ class RaasState:
         p = self.pages[row]
         return sorted(p[p != EMPTY].tolist())
 
-    def first_hole(self, row: int, seq_len: int) -> int:
-        """The first logical token position whose KV slot was evicted, or `seq_len` if none: the radix tree may
-        receive at most `[0, first_hole)`, page-floored by the caller."""
+    def holes(self, row: int, upto_tokens: int) -> list[int]:
+        """Logical indices of the row's evicted decode pages below `upto_tokens`, ascending (a host list; for
+        release and checkpoint paths, not the decode step). Pages are opened in order and the newest is never
+        evicted, so the holes are the non-resident pages between the first decode page and the newest one."""
         if int(self.evicted[row]) == 0:
-            return seq_len
+            return []
         first = int(self.first_decode_page(torch.tensor([row], device=self.device))[0])
         resident = set(self.resident_pages(row))
-        page = first
-        while page in resident:
-            page += 1
-        return min(seq_len, page * self.page_size)
+        newest = max(resident) if resident else first - 1
+        last = -(-upto_tokens // self.page_size)
+        return [p for p in range(first, min(last, newest + 1)) if p not in resident]
 
-
-def ceil_pages(tokens: int, page_size: int) -> int:
-    return math.ceil(tokens / page_size)
+    def first_hole(self, row: int, seq_len: int) -> int:
+        """The first logical token position whose KV slot was evicted, or `seq_len` if none: the radix tree may
+        receive at most `[0, first_hole)` (the tree page-floors it)."""
+        holes = self.holes(row, seq_len)
+        return min(seq_len, holes[0] * self.page_size) if holes else seq_len
