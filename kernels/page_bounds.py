@@ -9,7 +9,6 @@ race with the reset.
 
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 

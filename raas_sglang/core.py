@@ -17,7 +17,6 @@ for the radix tree directly.
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
