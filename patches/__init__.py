@@ -9,6 +9,7 @@ Seams (one module each; each names the upstream symbols it hooks):
 - `schedule`: eviction before each decode step's KV allocation; the decode memory check.
 - `admission`: prefill admission reserves at most prompt + L pages + one page for a RaaS request.
 - `attention`: the torch-native backend reads resident tokens only; page key bounds and page scores.
+- `attention_triton`, `attention_flashinfer`: the same resident set as kv_indptr/kv_indices for those backends.
 - `radix`: hole-aware radix inserts, row frees and pool accounting.
 - `api`: per-request validation (HTTP 400), `meta_info["raas"]`, `/get_server_info`, metrics, the decode log.
 - `runtime` (no hooks): the per-scheduler-process state those seams share.
@@ -37,7 +38,9 @@ def register() -> None:
         return
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
-    from raas_sglang.patches import admission, api, attention, radix, schedule, server_args
+    from raas_sglang.patches import (
+        admission, api, attention, attention_flashinfer, attention_triton, radix, schedule, server_args,
+    )
     from raas_sglang.patches.lazy import register_hooks_when_imported
 
     def now(hooks):
@@ -53,4 +56,6 @@ def register() -> None:
         for module in (schedule, admission, attention, radix):
             now(module.HOOKS)
         now(api.SCHEDULER_HOOKS)
+        for module in (attention_triton, attention_flashinfer):  # imported only by servers that use them
+            register_hooks_when_imported(module.MODULE, module.HOOKS)
     _registered = True

@@ -1,5 +1,8 @@
 """Seam: the torch-native attention backend reads only resident tokens; page key bounds and scores per layer.
 
+The backend-independent parts (`begin_forward`, `forward_decode`, `forward_extend`) are shared with the triton
+and flashinfer seams (`attention_triton`, `attention_flashinfer`).
+
 Upstream symbols hooked (sglang 0.5.23, `sglang/srt/layers/attention/torch_native_backend.py`,
 `TorchNativeAttnBackend`):
 - `init_forward_metadata(self, forward_batch)`, AFTER: once per forward. For a decode batch whose rows have
@@ -23,21 +26,27 @@ import torch
 from raas_sglang.patches import runtime
 
 
-def _active(forward_batch) -> runtime.Runtime | None:
+def _active(forward_batch=None) -> runtime.Runtime | None:
     rt = runtime.get()
     return rt if rt is not None and rt.state is not None else None
 
 
-def init_forward_metadata(result, self, forward_batch):
+def begin_forward(backend, forward_batch) -> runtime.Runtime | None:
+    """Once per forward, on every backend: for a decode batch, set `rt.table` (None when no row has evicted a
+    page, so every row reads all its KV as stock) and prepare page scoring. Returns the runtime when active."""
     rt = _active(forward_batch)
     if rt is None:
-        return result
+        return None
     rt.table = None
     rt.scoring = None
-    if not forward_batch.forward_mode.is_decode():
-        return result
-    with runtime.timed(rt):
-        _build_tables(rt, self, forward_batch)
+    if forward_batch.forward_mode.is_decode():
+        with runtime.timed(rt):
+            _build_tables(rt, backend, forward_batch)
+    return rt
+
+
+def init_forward_metadata(result, self, forward_batch):
+    begin_forward(self, forward_batch)
     return result
 
 
@@ -47,8 +56,7 @@ def _build_tables(rt: runtime.Runtime, backend, forward_batch) -> None:
     req_to_token = backend.req_to_token_pool.req_to_token
     if bool((rt.state.evicted[rows] > 0).any()):
         pos, n = rt.resident_positions(rows, forward_batch.seq_lens.to(torch.int64))
-        table = req_to_token[rows[:, None], pos]  # [bs, n_max] KV slots
-        rt.table = (table, n)
+        rt.table = runtime.Resident(req_to_token[rows[:, None], pos].to(torch.int64), n)  # [bs, n_max] KV slots
     if bool((rt.state.count[rows] > 0).any()):
         rt.page_scores_begin(rows, req_to_token)
 
@@ -57,9 +65,9 @@ def run_sdpa_forward_decode(orig, self, query, output, k_cache, v_cache, req_to_
     rt = runtime.get()
     if rt is None or rt.table is None:
         return orig(self, query, output, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, *a, **kw)
-    table, n = rt.table
-    rows = torch.arange(table.shape[0], device=table.device)
-    return orig(self, query, output, k_cache, v_cache, table, rows, n, *a, **kw)
+    table = rt.table
+    rows = torch.arange(table.slots.shape[0], device=table.slots.device)
+    return orig(self, query, output, k_cache, v_cache, table.slots, rows, table.n, *a, **kw)
 
 
 def _fold_keys(rt: runtime.Runtime, layer, forward_batch, k) -> None:
@@ -70,6 +78,7 @@ def _fold_keys(rt: runtime.Runtime, layer, forward_batch, k) -> None:
 
 
 def forward_decode(orig, self, q, k, v, layer, forward_batch, *a, **kw):
+    """AROUND any backend's `forward_decode` (its KV write and attention run first)."""
     out = orig(self, q, k, v, layer, forward_batch, *a, **kw)
     rt = _active(forward_batch)
     if rt is None:
@@ -86,6 +95,7 @@ def forward_decode(orig, self, q, k, v, layer, forward_batch, *a, **kw):
 
 
 def forward_extend(orig, self, q, k, v, layer, forward_batch, *a, **kw):
+    """AROUND any backend's `forward_extend`."""
     out = orig(self, q, k, v, layer, forward_batch, *a, **kw)
     rt = runtime.get()
     if rt is not None:
@@ -94,10 +104,14 @@ def forward_extend(orig, self, q, k, v, layer, forward_batch, *a, **kw):
     return out
 
 
-_T = "sglang.srt.layers.attention.torch_native_backend.TorchNativeAttnBackend."
+def layer_hooks(cls_path: str) -> tuple:
+    """The per-layer hooks every backend class gets: key folding and page scoring around its decode/extend."""
+    return ((cls_path + ".forward_decode", forward_decode, "AROUND"), (cls_path + ".forward_extend", forward_extend, "AROUND"))
+
+
+_T = "sglang.srt.layers.attention.torch_native_backend.TorchNativeAttnBackend"
 HOOKS = (
-    (_T + "init_forward_metadata", init_forward_metadata, "AFTER"),
-    (_T + "_run_sdpa_forward_decode", run_sdpa_forward_decode, "AROUND"),
-    (_T + "forward_decode", forward_decode, "AROUND"),
-    (_T + "forward_extend", forward_extend, "AROUND"),
+    (_T + ".init_forward_metadata", init_forward_metadata, "AFTER"),
+    (_T + "._run_sdpa_forward_decode", run_sdpa_forward_decode, "AROUND"),
+    *layer_hooks(_T),
 )

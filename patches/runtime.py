@@ -40,6 +40,26 @@ class RowInfo:
 
 
 @dataclass
+class Resident:
+    """The KV slots one decode forward attends to, per row: pinned prompt + resident decode pages, ascending.
+
+    `slots` [bs, n_max] int64 (padding = slot 0, never read past `n`), `n` [bs] int64. Every backend reads the
+    same set: torch_native the padded table, triton and flashinfer the ragged lists from `ragged()`.
+    """
+
+    slots: torch.Tensor  # [bs, n_max] int64
+    n: torch.Tensor  # [bs] int64
+
+    def ragged(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(kv_indptr [bs + 1] int32, kv_indices [sum(n)] int64): row i reads kv_indices[indptr[i]:indptr[i+1]]."""
+        cols = torch.arange(self.slots.shape[1], device=self.slots.device)  # [n_max]
+        indices = self.slots[cols[None, :] < self.n[:, None]]  # [sum(n)], row-major = per-row ascending
+        indptr = torch.zeros(len(self.n) + 1, dtype=torch.int32, device=self.n.device)
+        indptr[1:] = torch.cumsum(self.n, dim=0)
+        return indptr, indices
+
+
+@dataclass
 class Totals:
     evicted_pages: int = 0
     admitted_raas: int = 0
@@ -60,8 +80,8 @@ class Runtime:
         self.bounds: PageKeyBounds | None = None
         self.rows: dict[int, RowInfo] = {}
         self.totals = Totals()
-        # per forward: the resident table for torch_native and the score accumulator
-        self.table: tuple[torch.Tensor, torch.Tensor] | None = None  # ([bs, n_max] int, [bs] int)
+        # per decode forward: what the rows attend to (None: every row reads all its KV) and the score accumulator
+        self.table: Resident | None = None
         self.scoring: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # rows, phys pages, valid
         self.acc: torch.Tensor | None = None  # [bs, L] float32 page shares summed over layers
         self.num_layers = 0

@@ -123,6 +123,9 @@ def resolve_once(self, *args, **kwargs):
     return None
 
 
+SUPPORTED_BACKENDS = {"torch_native", "triton", "flashinfer"}
+
+
 def unsupported(view) -> list[str]:
     """What a RaaS server cannot run with yet, each as 'what; what to change' (empty when fine).
 
@@ -139,10 +142,10 @@ def unsupported(view) -> list[str]:
         if (getattr(view, name, 1) or 1) > 1:
             problems.append(f"{name.replace('_', ' ')} > 1; use --{name.replace('_', '-')} 1")
     backends = {view.attention_backend, view.decode_attention_backend, view.prefill_attention_backend} - {None}
-    if backends - {"torch_native"}:
+    if backends - SUPPORTED_BACKENDS:
         problems.append(
-            f"attention backend {', '.join(sorted(backends - {'torch_native'}))} (RaaS runs on torch_native for now); "
-            "use --attention-backend torch_native"
+            f"attention backend {', '.join(sorted(backends - SUPPORTED_BACKENDS))}; use --attention-backend "
+            + " or ".join(sorted(SUPPORTED_BACKENDS))
         )
     if getattr(view, "enable_mixed_chunk", False):
         problems.append("mixed chunked prefill (decode rows would take the extend path); drop --enable-mixed-chunk")
@@ -152,7 +155,7 @@ def unsupported(view) -> list[str]:
         problems.append("torch.compile / CPU graphs (they bypass the RaaS decode path); drop --enable-torch-compile")
     graphs = getattr(view, "cuda_graph_config", None)
     decode_graph = getattr(getattr(graphs, "decode", None), "backend", "disabled")
-    if str(decode_graph) not in ("disabled", "None"):
+    if str(decode_graph) not in ("disabled", "None") and str(getattr(view, "device", "cuda")) != "cpu":
         problems.append("CUDA graphs for decode; add --cuda-graph-backend-decode=disabled")
     return problems
 

@@ -33,9 +33,9 @@ BAD = {
     ),
     "raas-flag-without-policy": (["--raas-refresh-ratio", "0.25"], "--raas-refresh-ratio: only allowed with --kv-policy raas"),
     # combinations RaaS does not support yet: refused after resolution, before any child process starts
-    "raas-with-triton": (
-        ["--kv-policy", "raas", "--attention-backend", "triton", "--max-total-tokens", "4096"],
-        "--kv-policy raas does not support attention backend triton",
+    "raas-with-fa3": (
+        ["--kv-policy", "raas", "--attention-backend", "fa3", "--max-total-tokens", "4096"],
+        "--kv-policy raas does not support attention backend fa3; use --attention-backend flashinfer or",
     ),
     "raas-with-hicache": (
         ["--kv-policy", "raas", "--enable-hierarchical-cache", "--max-total-tokens", "4096"],

@@ -1,0 +1,151 @@
+"""The KV index lists each RaaS attention backend receives equal the resident set the torch_native path attends
+to, and both equal the set computed from first principles (pinned prompt + resident decode pages, < seq_len).
+
+The triton lists come from the real `TritonAttnBackend` metadata hook (its `get_num_kv_splits` kernel runs under
+the Triton interpreter); the flashinfer lists from SGLang's real `FlashInferIndicesUpdaterDecode.
+call_begin_forward`, with a recorder in place of FlashInfer's decode wrapper (FlashInfer needs CUDA).
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from raas_sglang.config import RaasConfig
+from raas_sglang.core import EMPTY
+from raas_sglang.patches import attention, attention_flashinfer, attention_triton, runtime
+
+PS, L, ROWS, MAX_LEN, SLOTS = 4, 3, 6, 96, 1024
+
+
+def _evolve(seed: int):
+    """A runtime whose rows went through random decode steps with evictions, and its req_to_token [ROWS, MAX_LEN]
+    (distinct live slots; evicted entries point at slot 0, as `Runtime.evict` leaves them)."""
+    gen = random.Random(seed)
+    rt = runtime.Runtime(RaasConfig(policy="raas", budget_tokens=L * PS, page_size=PS))
+    req_to_token = torch.zeros(ROWS, MAX_LEN, dtype=torch.int32)
+    req_to_token[:] = (torch.randperm(SLOTS - PS)[: ROWS * MAX_LEN] + PS).view(ROWS, MAX_LEN).to(torch.int32)
+    state = rt.ensure_state(req_to_token)
+    rows = torch.tensor(sorted(gen.sample(range(ROWS), 4)), dtype=torch.int64)
+    seq = torch.tensor([gen.randint(1, 20) for _ in rows])  # prompt lengths
+    for r, s in zip(rows.tolist(), seq.tolist()):
+        state.admit(r, s, gen.randint(2, L))
+    for _ in range(gen.randint(10, 60)):
+        pos = seq.clone()  # the token about to be written
+        v = state.victims(rows, pos)
+        hit = v.page != EMPTY
+        for r, p in zip(rows[hit].tolist(), v.page[hit].tolist()):
+            req_to_token[r, p * PS : p * PS + PS] = 0
+        state.evict(v)
+        state.open_pages(rows, pos)
+        seq += 1
+        state.observe(rows, torch.rand(len(rows), L), 0.5)
+    return rt, req_to_token, rows, seq
+
+
+def _expected(rt, req_to_token, rows, seq) -> list[list[int]]:
+    out = []
+    for r, s in zip(rows.tolist(), seq.tolist()):
+        pin_end = -(-int(rt.state.pin_len[r]) // PS) * PS
+        resident = set(rt.state.resident_pages(r))
+        out.append([int(req_to_token[r, p]) for p in range(s) if p < pin_end or p // PS in resident])
+    return out
+
+
+def _split(indptr, indices) -> list[list[int]]:
+    return [indices[int(a) : int(b)].tolist() for a, b in zip(indptr[:-1], indptr[1:])]
+
+
+def _fixtures(rt, req_to_token, rows, seq):
+    kv = torch.zeros(SLOTS, 2, 8)
+    backend_parts = dict(
+        token_to_kv_pool=SimpleNamespace(get_key_buffer=lambda i: kv, layer_num=1, start_layer=0),
+        req_to_token_pool=SimpleNamespace(req_to_token=req_to_token),
+    )
+    from sglang.srt.model_executor.forward_batch_info import ForwardMode
+
+    batch = SimpleNamespace(forward_mode=ForwardMode.DECODE, req_pool_indices=rows, seq_lens=seq)
+    return backend_parts, batch
+
+
+@pytest.fixture(autouse=True)
+def _process_runtime(monkeypatch):
+    monkeypatch.setattr(runtime, "_LOADED", True)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_torch_native_table_is_the_resident_set(seed, monkeypatch):
+    rt, req_to_token, rows, seq = _evolve(seed)
+    monkeypatch.setattr(runtime, "_RUNTIME", rt)
+    parts, batch = _fixtures(rt, req_to_token, rows, seq)
+    attention.begin_forward(SimpleNamespace(**parts), batch)
+    assert rt.state.evicted[rows].sum() > 0 and rt.table is not None
+    table = rt.table
+    got = [table.slots[i, : int(table.n[i])].tolist() for i in range(len(rows))]
+    assert got == _expected(rt, req_to_token, rows, seq)
+    assert _split(*table.ragged()) == got
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_triton_backend_lists(seed, monkeypatch):
+    from sglang.srt.layers.attention.triton_backend import ForwardMetadata, TritonAttnBackend
+
+    rt, req_to_token, rows, seq = _evolve(seed)
+    monkeypatch.setattr(runtime, "_RUNTIME", rt)
+    parts, batch = _fixtures(rt, req_to_token, rows, seq)
+    backend = object.__new__(TritonAttnBackend)
+    backend.__dict__.update(
+        parts, static_kv_splits=False, device_core_count=132, enable_deterministic=False, split_tile_size=None,
+        max_kv_splits=8, num_head=8, num_kv_head=2,
+    )
+    bs = len(rows)
+    stock = dict.fromkeys(f.name for f in __import__("dataclasses").fields(ForwardMetadata))
+    backend.forward_metadata = ForwardMetadata(**{
+        **stock, "num_kv_splits": torch.empty(bs, dtype=torch.int32), "uneven_batch": torch.zeros(1, dtype=torch.int32),
+        "kv_indptr": "stock", "kv_indices": "stock",
+    })
+    attention_triton.init_forward_metadata(None, backend, batch)
+    md = backend.forward_metadata
+    assert md.kv_indptr.dtype == torch.int32 and md.kv_indices.dtype == torch.int64
+    assert _split(md.kv_indptr, md.kv_indices) == _expected(rt, req_to_token, rows, seq)
+    want = torch.empty(bs, dtype=torch.int32)
+    backend.get_num_kv_splits(want, rt.table.n, torch.zeros(1, dtype=torch.int32))
+    assert torch.equal(md.num_kv_splits, want)
+
+
+class _RecordingWrapper:
+    """Stands in for FlashInfer's BatchDecodeWithPagedKVCacheWrapper: records what `begin_forward` (plan) gets."""
+
+    is_cuda_graph_enabled = False
+
+    def begin_forward(self, kv_indptr, kv_indices, last_page_len, *args, **kwargs):
+        self.plan = (kv_indptr.clone(), kv_indices.clone(), last_page_len.clone(), args)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_flashinfer_plan_lists(seed, monkeypatch):
+    from sglang.srt.layers.attention.flashinfer_backend import FlashInferIndicesUpdaterDecode
+
+    rt, req_to_token, rows, seq = _evolve(seed)
+    monkeypatch.setattr(runtime, "_RUNTIME", rt)
+    parts, batch = _fixtures(rt, req_to_token, rows, seq)
+    attention_flashinfer.init_forward_metadata(SimpleNamespace(**parts), batch)  # the BEFORE hook
+    updater = object.__new__(FlashInferIndicesUpdaterDecode)
+    updater.__dict__.update(
+        attn_backend=SimpleNamespace(kv_index_translator=None), kv_last_page_len=torch.ones(16, dtype=torch.int32),
+        num_qo_heads=8, num_kv_heads=2, head_dim=8, data_type=torch.float32, q_data_type=torch.float32,
+    )
+    upstream = inspect.unwrap(FlashInferIndicesUpdaterDecode.call_begin_forward)
+    wrapper, buf = _RecordingWrapper(), torch.zeros(17, dtype=torch.int32)
+    attention_flashinfer.call_begin_forward(
+        upstream, updater, wrapper, seq, int(seq.sum()), buf, None, None, seq.clone(),
+        plan=None, req_pool_indices=rows,
+    )
+    indptr, indices, last_page_len, args = wrapper.plan
+    assert indices.dtype == torch.int32 and args[-1] == 1  # token-granular plan (page size 1)
+    assert _split(indptr, indices) == _expected(rt, req_to_token, rows, seq)
+    assert last_page_len.tolist() == [1] * len(rows)
