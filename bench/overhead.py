@@ -66,12 +66,17 @@ def main(argv=None) -> int:
         "step_ms": round(step_ms, 3),
         "raas_ms": round(raas_ms, 3),
         "share": round(raas_ms / step_ms, 4),
+        "raas_ms_by_part": {
+            part: round((end["raas_seconds_by_part"].get(part, 0.0) - start["raas_seconds_by_part"].get(part, 0.0))
+                        / steps * 1e3, 3)
+            for part in end["raas_seconds_by_part"]
+        },
         "evicted_pages": sum(o["meta_info"]["raas"]["evicted_pages"] for o in outs),
         "leak_free": free,
     }
     write_json(args.json, data)
     print(f"batch {args.batch}, context ~{args.context}: step {step_ms:.1f} ms, raas {raas_ms:.2f} ms, "
-          f"share {data['share']:.3f}")
+          f"share {data['share']:.3f} (by part, ms: {data['raas_ms_by_part']})")
     return 0
 
 

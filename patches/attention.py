@@ -1,22 +1,21 @@
-"""Seam: the torch-native attention backend reads only resident tokens; page key bounds and scores per layer.
+"""Seam: the torch-native attention backend reads only resident tokens, and scores pages by exact attention mass.
 
-The backend-independent parts (`begin_forward`, `forward_decode`, `forward_extend`) are shared with the triton
-and flashinfer seams (`attention_triton`, `attention_flashinfer`).
+The backend-independent parts (`begin_forward`, and the Quest-scored `forward_decode` / `forward_extend`) are
+shared with the triton and flashinfer seams (`attention_triton`, `attention_flashinfer`), whose kernels give no
+attention probabilities: those backends score pages with Quest bounds (`raas_sglang.scoring`).
 
 Upstream symbols hooked (sglang 0.5.23, `sglang/srt/layers/attention/torch_native_backend.py`,
 `TorchNativeAttnBackend`):
-- `init_forward_metadata(self, forward_batch)`, AFTER: once per forward. For a decode batch whose rows have
-  evicted pages, build a compacted table of each row's resident KV slots (pinned prompt + resident decode pages,
-  ascending logical order); prepare page scoring of the resident decode pages.
+- `init_forward_metadata(self, forward_batch)`, AFTER: once per forward. For a decode batch with resident decode
+  pages or evictions, build each row's resident KV slots (pinned prompt + resident decode pages, ascending
+  logical order) and plan one batched gather for all layers; prepare the page score accumulator.
 - `_run_sdpa_forward_decode(self, q, o, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, ...)`,
-  AROUND: hand it the compacted table (rows `arange(bs)`, lengths = resident counts) instead of
-  `req_to_token[row, :seq_len]`. Decode attention has no mask, so this is exact; positions stay logical (RoPE was
-  applied before the KV write).
-- `forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache=True)`, AROUND: after the layer's KV write
-  and attention, fold the new keys into the page bounds and add the layer's page shares; after the last layer,
-  refresh stamps.
-- `forward_extend(...)`, AROUND: fold prefill keys into the page bounds (a re-prefilled request's decode pages
-  are scored later).
+  AROUND: with a table, replace upstream's per-request loop (gather + SDPA per request) by one batched pass over
+  the resident slots (`raas_sglang.resident_attention.ResidentDecode`) that also returns the softmax mass of
+  each slot. Decode attention has no mask, so this is exact; positions stay logical (RoPE was applied before
+  the KV write).
+- `forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache=True)`, AROUND: add the layer's mass per
+  resident decode page to the scores; after the last layer, refresh stamps.
 """
 
 from __future__ import annotations
@@ -31,43 +30,74 @@ def _active(forward_batch=None) -> runtime.Runtime | None:
     return rt if rt is not None and rt.state is not None else None
 
 
-def begin_forward(backend, forward_batch) -> runtime.Runtime | None:
-    """Once per forward, on every backend: for a decode batch, set `rt.table` (None when no row has evicted a
-    page, so every row reads all its KV as stock) and prepare page scoring. Returns the runtime when active."""
+def begin_forward(backend, forward_batch, exact: bool = False, batched: bool = False) -> runtime.Runtime | None:
+    """Once per forward, on every backend: for a decode batch, set `rt.table` (the resident set; None when no
+    row needs it, so every row reads all its KV as stock) and prepare page scoring. `exact`: scores come from
+    this forward's attention probabilities (the torch-native path computes them), else from Quest bounds.
+    `batched`: plan the torch-native batched decode over the table. Returns the runtime when active."""
     rt = _active(forward_batch)
     if rt is None:
         return None
     rt.table = None
     rt.scoring = None
+    rt.layer_mass = None
     if forward_batch.forward_mode.is_decode():
-        with runtime.timed(rt):
-            _build_tables(rt, backend, forward_batch)
+        with runtime.timed(rt, "tables"):
+            _build_tables(rt, backend, forward_batch, exact, batched)
     return rt
 
 
 def init_forward_metadata(result, self, forward_batch):
-    begin_forward(self, forward_batch)
+    rt = runtime.get()
+    begin_forward(self, forward_batch, exact=rt is not None and rt.config.score != "quest", batched=True)
     return result
 
 
-def _build_tables(rt: runtime.Runtime, backend, forward_batch) -> None:
-    rt.ensure_bounds(backend.token_to_kv_pool)
+def _build_tables(rt: runtime.Runtime, backend, forward_batch, exact: bool, batched: bool) -> None:
+    pool = backend.token_to_kv_pool
+    rt.ensure_layers(pool)
+    if not exact:
+        rt.ensure_bounds(pool)
     rows = forward_batch.req_pool_indices.to(torch.int64)  # [bs]
     req_to_token = backend.req_to_token_pool.req_to_token
-    if bool((rt.state.evicted[rows] > 0).any()):
-        pos, n = rt.resident_positions(rows, forward_batch.seq_lens.to(torch.int64))
-        rt.table = runtime.Resident(req_to_token[rows[:, None], pos].to(torch.int64), n)  # [bs, n_max] KV slots
-    if bool((rt.state.count[rows] > 0).any()):
-        rt.page_scores_begin(rows, req_to_token)
+    scoring = bool((rt.state.count[rows] > 0).any())
+    if scoring or bool((rt.state.evicted[rows] > 0).any()):
+        pos, n, col_slot = rt.resident_positions(rows, forward_batch.seq_lens.to(torch.int64))
+        rt.table = runtime.Resident(req_to_token[rows[:, None], pos].to(torch.int64), n, col_slot)  # [bs, n_max]
+        if batched:
+            rt.decode.plan(rt.table.slots, n, pool.get_key_buffer(pool.start_layer).shape[1])
+    if scoring:
+        rt.page_scores_begin(rows, req_to_token, quest=not exact)
 
 
 def run_sdpa_forward_decode(orig, self, query, output, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, *a, **kw):
+    """AROUND torch_native's decode attention: with a resident table, one batched pass over the resident slots
+    (`ResidentDecode`) that also yields the layer's exact attention mass per slot."""
     rt = runtime.get()
     if rt is None or rt.table is None:
         return orig(self, query, output, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, *a, **kw)
-    table = rt.table
-    rows = torch.arange(table.slots.shape[0], device=table.slots.device)
-    return orig(self, query, output, k_cache, v_cache, table.slots, rows, table.n, *a, **kw)
+    scaling = kw.get("scaling")
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    out, rt.layer_mass = rt.decode(query, k_cache, v_cache, scaling)
+    output.copy_(out)
+    return output
+
+
+def forward_decode_exact(orig, self, q, k, v, layer, forward_batch, *a, **kw):
+    """AROUND torch_native's `forward_decode`: add the layer's attention mass to the page scores."""
+    out = orig(self, q, k, v, layer, forward_batch, *a, **kw)
+    rt = _active(forward_batch)
+    if rt is not None and rt.bounds is not None:  # --raas-score quest on torch_native
+        return forward_decode(lambda *_a, **_k: out, self, q, k, v, layer, forward_batch)
+    if rt is None or rt.scoring is None or rt.layer_mass is None:
+        return out
+    with runtime.timed(rt, "layers"):
+        rt.add_mass(rt.layer_mass)
+        rt.layer_mass = None
+        if layer.layer_id - rt.start_layer == rt.num_layers - 1:
+            rt.page_scores_end()
+    return out
 
 
 def _fold_keys(rt: runtime.Runtime, layer, forward_batch, k) -> None:
@@ -78,12 +108,12 @@ def _fold_keys(rt: runtime.Runtime, layer, forward_batch, k) -> None:
 
 
 def forward_decode(orig, self, q, k, v, layer, forward_batch, *a, **kw):
-    """AROUND any backend's `forward_decode` (its KV write and attention run first)."""
+    """AROUND a Quest-scored backend's `forward_decode` (its KV write and attention run first)."""
     out = orig(self, q, k, v, layer, forward_batch, *a, **kw)
     rt = _active(forward_batch)
     if rt is None:
         return out
-    with runtime.timed(rt):
+    with runtime.timed(rt, "layers"):
         _fold_keys(rt, layer, forward_batch, k)
         if rt.scoring is not None:
             lid = layer.layer_id - rt.start_layer
@@ -95,17 +125,21 @@ def forward_decode(orig, self, q, k, v, layer, forward_batch, *a, **kw):
 
 
 def forward_extend(orig, self, q, k, v, layer, forward_batch, *a, **kw):
-    """AROUND any backend's `forward_extend`."""
+    """AROUND a Quest-scored backend's `forward_extend`: fold prefill keys into the page bounds."""
     out = orig(self, q, k, v, layer, forward_batch, *a, **kw)
     rt = runtime.get()
-    if rt is not None:
+    if rt is not None and rt.config.score != "exact" and (rt.config.score == "quest" or not _exact_backend(self)):
         rt.ensure_bounds(self.token_to_kv_pool)
         _fold_keys(rt, layer, forward_batch, k)
     return out
 
 
+def _exact_backend(backend) -> bool:
+    return type(backend).__name__ == "TorchNativeAttnBackend"
+
+
 def layer_hooks(cls_path: str) -> tuple:
-    """The per-layer hooks every backend class gets: key folding and page scoring around its decode/extend."""
+    """The per-layer hooks of a Quest-scored backend class: key folding and page scoring around decode/extend."""
     return ((cls_path + ".forward_decode", forward_decode, "AROUND"), (cls_path + ".forward_extend", forward_extend, "AROUND"))
 
 
@@ -113,5 +147,6 @@ _T = "sglang.srt.layers.attention.torch_native_backend.TorchNativeAttnBackend"
 HOOKS = (
     (_T + ".init_forward_metadata", init_forward_metadata, "AFTER"),
     (_T + "._run_sdpa_forward_decode", run_sdpa_forward_decode, "AROUND"),
-    *layer_hooks(_T),
+    (_T + ".forward_decode", forward_decode_exact, "AROUND"),
+    (_T + ".forward_extend", forward_extend, "AROUND"),  # folds keys only when Quest bounds are in use
 )

@@ -27,7 +27,7 @@ def init_forward_metadata(result, self, forward_batch):
     rt = attention.begin_forward(self, forward_batch)
     if rt is None or rt.table is None:
         return result
-    with runtime.timed(rt):
+    with runtime.timed(rt, "tables"):
         md = self.forward_metadata
         kv_indptr, kv_indices = rt.table.ragged()  # [bs + 1] int32, [sum n] int64
         n = rt.table.n.to(forward_batch.seq_lens.dtype)  # [bs]

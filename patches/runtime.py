@@ -18,6 +18,7 @@ import torch
 
 from raas_sglang.config import RaasConfig
 from raas_sglang.core import EMPTY, RaasState, Victims
+from raas_sglang.resident_attention import ResidentDecode
 from raas_sglang.scoring import PageKeyBounds, page_shares
 
 DENSE_PIN = 1 << 40
@@ -49,6 +50,7 @@ class Resident:
 
     slots: torch.Tensor  # [bs, n_max] int64
     n: torch.Tensor  # [bs] int64
+    col_slot: torch.Tensor  # [bs, n_max] int64: state slot of each position's decode page, L if pinned/padding
 
     def ragged(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(kv_indptr [bs + 1] int32, kv_indices [sum(n)] int64): row i reads kv_indices[indptr[i]:indptr[i+1]]."""
@@ -68,6 +70,7 @@ class Totals:
     decode_steps: int = 0
     step_seconds: float = 0.0  # wall time between consecutive decode steps' allocations
     raas_seconds: float = 0.0  # time spent inside RaaS code on the decode path (bookkeeping, scoring, tables)
+    raas_parts: dict = field(default_factory=dict)  # the same, split by part ("schedule", "tables", "layers")
     last_step_start: float = 0.0
 
 
@@ -83,7 +86,9 @@ class Runtime:
         # per decode forward: what the rows attend to (None: every row reads all its KV) and the score accumulator
         self.table: Resident | None = None
         self.scoring: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # rows, phys pages, valid
-        self.acc: torch.Tensor | None = None  # [bs, L] float32 page shares summed over layers
+        self.acc: torch.Tensor | None = None  # [bs, L] float32 page scores summed over layers
+        self.decode = ResidentDecode()  # the torch-native batched decode over `table` (reused buffers)
+        self.layer_mass: torch.Tensor | None = None  # [bs, n_max] the current layer's attention mass (torch_native)
         self.num_layers = 0
         self.start_layer = 0
         self.allocator = None  # SGLang's token allocator and tree cache (set on first decode), for the summary
@@ -102,11 +107,15 @@ class Runtime:
             )
         return self.state
 
+    def ensure_layers(self, token_to_kv_pool: Any) -> None:
+        self.num_layers = token_to_kv_pool.layer_num
+        self.start_layer = token_to_kv_pool.start_layer
+
     def ensure_bounds(self, token_to_kv_pool: Any) -> PageKeyBounds:
+        """The Quest page key bounds (only the triton/flashinfer paths score with them)."""
         if self.bounds is None:
             k0 = token_to_kv_pool.get_key_buffer(token_to_kv_pool.start_layer)
-            self.num_layers = token_to_kv_pool.layer_num
-            self.start_layer = token_to_kv_pool.start_layer
+            self.ensure_layers(token_to_kv_pool)
             self.bounds = PageKeyBounds(
                 num_layers=self.num_layers,
                 num_slots=k0.shape[0],
@@ -172,6 +181,7 @@ class Runtime:
             "decode_steps": self.totals.decode_steps,
             "step_seconds": self.totals.step_seconds,
             "raas_seconds": self.totals.raas_seconds,
+            "raas_seconds_by_part": dict(self.totals.raas_parts),
         }
 
     def report(self, row: int, info: RowInfo) -> dict:
@@ -255,40 +265,57 @@ class Runtime:
 
     # -- attention-side ------------------------------------------------------------------------------------------
 
-    def resident_positions(self, rows: torch.Tensor, seq_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logical positions each row attends to, ascending, padded.
+    def resident_positions(
+        self, rows: torch.Tensor, seq_lens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logical positions each row attends to, ascending, padded — and which state slot each one's page is in.
 
-        rows [bs] int64, seq_lens [bs] int64 (tokens in KV, including this step's). Returns
-        (pos [bs, n_max] int64 with padding = 0, n [bs] int64). Pinned tokens [0, first_decode_page * ps) and the
-        resident decode pages, clipped to seq_len.
+        rows [bs] int64, seq_lens [bs] int64 (tokens in KV, including this step's). Returns (pos [bs, n_max] int64,
+        padding = 0; n [bs] int64; col_slot [bs, n_max] int64 = the index into `state.pages[row]` of the position's
+        decode page, or L for pinned positions and padding). Pinned tokens [0, first_decode_page * ps) come first,
+        then the resident decode pages in ascending order; only the newest page can be partial (it holds the
+        token written this step), so no sort of positions is needed, only of the L page indices.
         """
-        state, ps = self.state, self.config.page_size
+        state, ps, L = self.state, self.config.page_size, self.state.L
         pin_end = torch.minimum(state.first_decode_page(rows) * ps, seq_lens)  # [bs]
-        max_pin = int(pin_end.max())
-        pin_pos = torch.arange(max_pin, device=rows.device).expand(len(rows), max_pin)  # [bs, max_pin]
-        pin_ok = pin_pos < pin_end[:, None]
         pages = state.pages[rows]  # [bs, L]
-        dec_pos = (pages[:, :, None] * ps + torch.arange(ps, device=rows.device)).flatten(1)  # [bs, L*ps]
-        dec_ok = (pages != EMPTY).repeat_interleave(ps, dim=1) & (dec_pos < seq_lens[:, None])
-        pos = torch.cat([pin_pos, dec_pos], dim=1)
-        ok = torch.cat([pin_ok, dec_ok], dim=1)
+        valid = pages != EMPTY
         big = torch.iinfo(torch.int64).max
-        key = torch.where(ok, pos, torch.full_like(pos, big))
-        key, _ = key.sort(dim=1)
-        n = ok.sum(dim=1)  # [bs]
-        n_max = int(n.max())
-        key = key[:, :n_max]
-        return torch.where(key == big, torch.zeros_like(key), key), n
+        sorted_pages, order = torch.where(valid, pages, torch.full_like(pages, big)).sort(dim=1)  # [bs, L]
+        count = valid.sum(dim=1)  # [bs]
+        newest = sorted_pages.gather(1, (count - 1).clamp(min=0)[:, None]).squeeze(1)  # [bs]
+        dec_tokens = torch.where(count > 0, (count - 1) * ps + (seq_lens - newest * ps), torch.zeros_like(count))
+        n = pin_end + dec_tokens  # [bs]
+        cols = torch.arange(int(n.max()), device=rows.device)[None, :]  # [1, n_max]
+        rel = (cols - pin_end[:, None]).clamp(min=0)  # [bs, n_max] offset into the decode part
+        k = (rel // ps).clamp(max=L - 1)  # [bs, n_max] ordinal of the decode page
+        in_dec = (cols >= pin_end[:, None]) & (cols < n[:, None])
+        dec_pos = sorted_pages.gather(1, k).clamp(max=big // 2) * ps + rel % ps
+        pos = torch.where(in_dec, dec_pos, torch.where(cols < pin_end[:, None], cols, torch.zeros_like(cols)))
+        col_slot = torch.where(in_dec, order.gather(1, k), torch.full_like(k, L))
+        return pos, n, col_slot
 
-    def page_scores_begin(self, rows: torch.Tensor, req_to_token: torch.Tensor) -> None:
-        """Prepare scoring of each row's resident decode pages for this forward."""
+    def page_scores_begin(self, rows: torch.Tensor, req_to_token: torch.Tensor, quest: bool) -> None:
+        """Prepare scoring of each row's resident decode pages for this forward: from exact attention mass
+        (`add_mass`, torch_native) or from Quest bounds (`score_layer`, backends whose kernels give no mass)."""
         state, ps = self.state, self.config.page_size
         pages = state.pages[rows]  # [bs, L]
         valid = pages != EMPTY
-        logical = torch.where(valid, pages, torch.zeros_like(pages))
-        phys = req_to_token[rows[:, None], logical * ps].to(torch.int64) // ps  # [bs, L]
-        self.scoring = (rows, torch.where(valid, phys, torch.zeros_like(phys)), valid)
+        phys = None
+        if quest:
+            logical = torch.where(valid, pages, torch.zeros_like(pages))
+            phys = req_to_token[rows[:, None], logical * ps].to(torch.int64) // ps  # [bs, L]
+            phys = torch.where(valid, phys, torch.zeros_like(phys))
+        self.scoring = (rows, phys, valid)
         self.acc = torch.zeros(pages.shape, dtype=torch.float32, device=pages.device)
+
+    def add_mass(self, mass: torch.Tensor) -> None:
+        """mass [bs, n_max] float32: one layer's attention probability per resident position (mean over heads);
+        adds each decode page's total to `acc` (pinned positions and padding fall into a dropped column)."""
+        L = self.state.L
+        per_slot = torch.zeros((mass.shape[0], L + 1), dtype=torch.float32, device=mass.device)
+        per_slot.scatter_add_(1, self.table.col_slot, mass)
+        self.acc += per_slot[:, :L]
 
     def score_layer(self, layer_id: int, q: torch.Tensor, sm_scale: float) -> None:
         """q [bs, q_heads, d] for this layer; adds the layer's page shares to `acc`."""
@@ -305,18 +332,22 @@ class Runtime:
 
 
 class timed:
-    """Adds the wall time of a `with` block to `rt.totals.raas_seconds` (perf_counter: ~0.1 us per use)."""
+    """Adds the wall time of a `with` block to `rt.totals.raas_seconds` and to its `part` (perf_counter: ~0.1 us
+    per use)."""
 
-    __slots__ = ("rt", "t0")
+    __slots__ = ("rt", "part", "t0")
 
-    def __init__(self, rt: Runtime):
-        self.rt = rt
+    def __init__(self, rt: Runtime, part: str):
+        self.rt, self.part = rt, part
 
     def __enter__(self):
         self.t0 = time.perf_counter()
 
     def __exit__(self, *exc):
-        self.rt.totals.raas_seconds += time.perf_counter() - self.t0
+        dt = time.perf_counter() - self.t0
+        totals = self.rt.totals
+        totals.raas_seconds += dt
+        totals.raas_parts[self.part] = totals.raas_parts.get(self.part, 0.0) + dt
 
 
 _RUNTIME: Runtime | None = None

@@ -60,7 +60,7 @@ def alloc_for_decode(orig, batch, token_per_req):
     if rt is None:
         return orig(batch, token_per_req)
     _count_step(rt)
-    with runtime.timed(rt):
+    with runtime.timed(rt, "schedule"):
         req_to_token = batch.req_to_token_pool.req_to_token
         rt.ensure_state(req_to_token)
         rt.allocator, rt.tree_cache = batch.token_to_kv_pool_allocator, batch.tree_cache
@@ -74,7 +74,7 @@ def alloc_for_decode(orig, batch, token_per_req):
             rt.evict(rows, positions, req_to_token, batch.token_to_kv_pool_allocator)
     out = orig(batch, token_per_req)
     if opening:
-        with runtime.timed(rt):
+        with runtime.timed(rt, "schedule"):
             rt.state.open_pages(rows, positions)
             rt.note_peaks(rows, positions + token_per_req, req_to_token)
     return out

@@ -3,7 +3,7 @@
 Upstream symbols hooked (sglang 0.5.23, `sglang/srt/server_args.py`, `sglang/srt/entrypoints/engine.py`):
 
 - `ServerArgs.add_cli_args` (staticmethod), AFTER: adds `--kv-policy`, `--raas-budget`,
-  `--raas-refresh-ratio` to the stock parser, so `python -m sglang.launch_server --help` lists them.
+  `--raas-refresh-ratio`, `--raas-score` to the stock parser, so `python -m sglang.launch_server --help` lists them.
 - `ServerArgs.from_cli_args` (classmethod), AROUND: `from_cli_args` copies only declared fields, so our values
   would be dropped; the hook validates them, defaults the page size to 16 under RaaS, and stores the resolved
   `RaasConfig` on the record as `_raas_config`. Attributes named `_...` may be set at any time and are pickled
@@ -62,6 +62,15 @@ def add_cli_args(result: Any, parser: argparse.ArgumentParser) -> Any:
         metavar="RATIO",
         help=f"Fraction in (0, 1] of a request's resident decode pages whose 'last attended' timestamp is "
         f"refreshed each step (top by score). Default {cfg.DEFAULT_REFRESH_RATIO}. Only with --kv-policy raas.",
+    )
+    group.add_argument(
+        "--raas-score",
+        type=str,
+        default=None,
+        metavar="{" + ",".join(cfg.SCORES) + "}",
+        help="How decode pages are scored: 'exact' attention mass from the decode pass (torch_native), 'quest' "
+        "key-bound estimates (any backend), 'auto' (default) exact where the backend gives it. Only with "
+        "--kv-policy raas.",
     )
     return result
 
@@ -147,6 +156,9 @@ def unsupported(view) -> list[str]:
             f"attention backend {', '.join(sorted(backends - SUPPORTED_BACKENDS))}; use --attention-backend "
             + " or ".join(sorted(SUPPORTED_BACKENDS))
         )
+    if config_of(view).score == "exact" and backends - {"torch_native"}:
+        problems.append("--raas-score exact on the triton/flashinfer backends (their kernels give no attention "
+                        "mass); use --raas-score quest or auto")
     if getattr(view, "enable_mixed_chunk", False):
         problems.append("mixed chunked prefill (decode rows would take the extend path); drop --enable-mixed-chunk")
     if getattr(view, "enable_streaming_session", False):

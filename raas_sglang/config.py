@@ -16,14 +16,19 @@ DEFAULT_BUDGET_TOKENS = 2048
 DEFAULT_REFRESH_RATIO = 0.5
 RAAS_DEFAULT_PAGE_SIZE = 16  # the paper's page size; used when --page-size is not given
 MIN_BUDGET_PAGES = 2  # with one page the only candidate victim is the page being written
+# how pages are scored: "exact" = attention mass from the decode pass (torch_native computes it), "quest" =
+# Quest key-bound estimates (any backend), "auto" = exact where the backend gives it, else quest
+SCORES = ("auto", "exact", "quest")
+DEFAULT_SCORE = "auto"
 
 # flag name -> the ServerArgs-style attribute that carries it
 FLAGS = {
     "--kv-policy": "kv_policy",
     "--raas-budget": "raas_budget",
     "--raas-refresh-ratio": "raas_refresh_ratio",
+    "--raas-score": "raas_score",
 }
-RAAS_ONLY_FLAGS = ("--raas-budget", "--raas-refresh-ratio")
+RAAS_ONLY_FLAGS = ("--raas-budget", "--raas-refresh-ratio", "--raas-score")
 
 
 class ConfigError(ValueError):
@@ -42,6 +47,7 @@ class RaasConfig:
     budget_tokens: int = DEFAULT_BUDGET_TOKENS
     refresh_ratio: float = DEFAULT_REFRESH_RATIO
     page_size: int = 1
+    score: str = DEFAULT_SCORE
 
     @property
     def enabled(self) -> bool:
@@ -114,6 +120,9 @@ def resolve(given: Mapping[str, Any], page_size: int) -> RaasConfig:
         return RaasConfig(policy=policy, page_size=page_size)
     budget = given.get("raas_budget")
     ratio = given.get("raas_refresh_ratio")
+    score = given.get("raas_score") or DEFAULT_SCORE
+    if score not in SCORES:
+        raise ConfigError(f"--raas-score: must be one of {', '.join(SCORES)}, got {score!r}")
     return RaasConfig(
         policy=policy,
         budget_tokens=budget_tokens_for(
@@ -121,6 +130,7 @@ def resolve(given: Mapping[str, Any], page_size: int) -> RaasConfig:
         ),
         refresh_ratio=_ratio("--raas-refresh-ratio", DEFAULT_REFRESH_RATIO if ratio is None else ratio),
         page_size=page_size,
+        score=score,
     )
 
 

@@ -18,17 +18,33 @@ import torch
 
 
 class PageKeyBounds:
-    """Per-layer min/max of the keys written into each physical page.
+    """Per-layer max and min of the keys written into each physical page, packed for one-matmul scoring.
 
-    kmin[layer], kmax[layer]  [num_pages, kv_heads, head_dim] float32
+    kb[layer]  [num_pages, kv_heads, 2 * head_dim] float32: `[..., :d]` = max of the page's keys, `[..., d:]` =
+    -(min of the keys). Both halves fold new keys with one `amax`, and the Quest bound of step 1 becomes one dot
+    product: sum_d max(q*kmin, q*kmax) = relu(q) . kmax + relu(-q) . (-kmin).
     """
 
-    def __init__(self, num_layers: int, num_slots: int, page_size: int, kv_heads: int, head_dim: int, device="cpu"):
+    def __init__(
+        self, num_layers: int, num_slots: int, page_size: int, kv_heads: int, head_dim: int, device="cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
         self.page_size = page_size
+        self.head_dim = head_dim
         num_pages = -(-num_slots // page_size) + 1
-        shape = (num_pages, kv_heads, head_dim)
-        self.kmin = [torch.full(shape, float("inf"), device=device) for _ in range(num_layers)]
-        self.kmax = [torch.full(shape, float("-inf"), device=device) for _ in range(num_layers)]
+        shape = (num_pages, kv_heads, 2 * head_dim)
+        self.kb = [torch.full(shape, float("-inf"), device=device, dtype=dtype) for _ in range(num_layers)]
+        self._buf: dict[str, torch.Tensor] = {}  # scratch reused across steps (no large allocation per layer)
+
+    @property
+    def kmax(self) -> list[torch.Tensor]:
+        """[num_pages, kv_heads, head_dim] views per layer (+inf/-inf for never-written pages)."""
+        return [kb[..., : self.head_dim] for kb in self.kb]
+
+    @property
+    def kmin(self) -> list[torch.Tensor]:
+        """[num_pages, kv_heads, head_dim] per layer (copies)."""
+        return [-kb[..., self.head_dim :] for kb in self.kb]
 
     def update(self, layer: int, slots: torch.Tensor, k: torch.Tensor) -> None:
         """Fold newly written keys into their pages' bounds.
@@ -40,14 +56,21 @@ class PageKeyBounds:
         if slots.numel() == 0:
             return
         page = slots // self.page_size  # [n]
-        kmin, kmax = self.kmin[layer], self.kmax[layer]
-        fresh = page[slots % self.page_size == 0]
-        kmin[fresh] = float("inf")
-        kmax[fresh] = float("-inf")
-        idx = page[:, None, None].expand_as(k)
-        kf = k.to(kmin.dtype)
-        kmin.scatter_reduce_(0, idx, kf, reduce="amin", include_self=True)
-        kmax.scatter_reduce_(0, idx, kf, reduce="amax", include_self=True)
+        kb = self.kb[layer]
+        kb[page[slots % self.page_size == 0]] = float("-inf")
+        kf = k.to(kb.dtype)
+        both = torch.cat([kf, -kf], dim=-1)  # [n, kv_heads, 2d]
+        kb.scatter_reduce_(0, page[:, None, None].expand_as(both), both, reduce="amax", include_self=True)
+
+    def _scratch(self, name: str, shape: tuple, dtype=torch.float32) -> torch.Tensor:
+        n = 1
+        for x in shape:
+            n *= x
+        buf = self._buf.get(name)
+        if buf is None or buf.numel() < n or buf.dtype != dtype:
+            buf = torch.empty(max(n, 1), dtype=dtype, device=self.kb[0].device)
+            self._buf[name] = buf
+        return buf[:n].view(shape)
 
     def head_scores(self, layer: int, q: torch.Tensor, pages: torch.Tensor, sm_scale: float) -> torch.Tensor:
         """Per-KV-head upper bounds u (step 1 above).
@@ -56,16 +79,17 @@ class PageKeyBounds:
         Returns [bs, kv_heads, P] float32.
         """
         bs, P = pages.shape
-        q_heads, d = q.shape[1], q.shape[2]
-        kv_heads = self.kmin[layer].shape[1]
-        flat = pages.reshape(-1)
-        # [bs, h, P, d] views of the gathered bounds (index_select of whole rows is the cheap gather on CPU)
-        hi = self.kmax[layer].index_select(0, flat).view(bs, P, kv_heads, d).transpose(1, 2)
-        lo = self.kmin[layer].index_select(0, flat).view(bs, P, kv_heads, d).transpose(1, 2)
-        qg = q.to(hi.dtype).view(bs, kv_heads, q_heads // kv_heads, d)  # [bs, h, g, d]
-        # max(q*lo, q*hi) per dim = q*hi where q >= 0 else q*lo: split q by sign, two batched matmuls
-        u = qg.clamp(min=0) @ hi.transpose(-1, -2) + qg.clamp(max=0) @ lo.transpose(-1, -2)  # [bs, h, g, P]
-        return u.amax(dim=2) * sm_scale  # [bs, h, P]
+        kb = self.kb[layer]
+        kv_heads, d2 = kb.shape[1], kb.shape[2]
+        g = q.shape[1] // kv_heads
+        # gather each (row, head, page)'s packed bounds straight into [bs, h, P, 2d] order: one copy, no permute
+        idx = (pages[:, None, :] * kv_heads + torch.arange(kv_heads, device=pages.device)[None, :, None]).reshape(-1)
+        bounds = self._scratch("bounds", (bs * kv_heads, P, d2), kb.dtype)
+        torch.index_select(kb.view(-1, d2), 0, idx, out=bounds.view(-1, d2))
+        qf = q.to(kb.dtype).view(bs, kv_heads, g, -1)
+        q2 = torch.cat([qf.clamp(min=0), (-qf).clamp(min=0)], dim=-1).view(bs * kv_heads, g, d2)  # [bs*h, g, 2d]
+        u = torch.bmm(bounds, q2.transpose(1, 2))  # [bs*h, P, g]
+        return u.view(bs, kv_heads, P, g).amax(dim=3).float() * sm_scale  # [bs, h, P] float32
 
 
 def page_shares(u: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

@@ -37,6 +37,11 @@ BAD = {
         ["--kv-policy", "raas", "--attention-backend", "fa3", "--max-total-tokens", "4096"],
         "--kv-policy raas does not support attention backend fa3; use --attention-backend flashinfer or",
     ),
+    "raas-score-unknown": (["--kv-policy", "raas", "--raas-score", "max"], "--raas-score: must be one of auto, exact, quest"),
+    "raas-exact-on-triton": (
+        ["--kv-policy", "raas", "--raas-score", "exact", "--attention-backend", "triton", "--max-total-tokens", "4096"],
+        "--kv-policy raas does not support --raas-score exact on the triton/flashinfer backends",
+    ),
     "raas-with-hicache": (
         ["--kv-policy", "raas", "--enable-hierarchical-cache", "--max-total-tokens", "4096"],
         "--kv-policy raas does not support the hierarchical cache; drop --enable-hierarchical-cache",
@@ -63,7 +68,7 @@ def refusals(model_dir):
 def test_help_lists_raas_flags():
     out = _run(["--help"])
     assert out.returncode == 0, out.stderr[-2000:]
-    for flag in ("--kv-policy {dense,raas}", "--raas-budget", "--raas-refresh-ratio"):
+    for flag in ("--kv-policy {dense,raas}", "--raas-budget", "--raas-refresh-ratio", "--raas-score"):
         assert flag in out.stdout, f"{flag} missing from --help: the raas plugin did not load"
 
 

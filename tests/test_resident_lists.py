@@ -82,12 +82,41 @@ def test_torch_native_table_is_the_resident_set(seed, monkeypatch):
     rt, req_to_token, rows, seq = _evolve(seed)
     monkeypatch.setattr(runtime, "_RUNTIME", rt)
     parts, batch = _fixtures(rt, req_to_token, rows, seq)
-    attention.begin_forward(SimpleNamespace(**parts), batch)
+    attention.begin_forward(SimpleNamespace(**parts), batch, exact=True)
     assert rt.state.evicted[rows].sum() > 0 and rt.table is not None
     table = rt.table
     got = [table.slots[i, : int(table.n[i])].tolist() for i in range(len(rows))]
     assert got == _expected(rt, req_to_token, rows, seq)
     assert _split(*table.ragged()) == got
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_torch_native_batched_decode_and_exact_page_mass(seed, monkeypatch):
+    """The batched resident decode equals per-row softmax attention over the resident slots, and the page
+    scores it feeds are each resident decode page's attention mass (mean over query heads)."""
+    rt, req_to_token, rows, seq = _evolve(seed)
+    monkeypatch.setattr(runtime, "_RUNTIME", rt)
+    parts, batch = _fixtures(rt, req_to_token, rows, seq)
+    attention.begin_forward(SimpleNamespace(**parts), batch, exact=True)
+    gen = torch.Generator().manual_seed(seed)
+    kv_heads, q_heads, d = 2, 6, 8
+    k_cache, v_cache = torch.randn(SLOTS, kv_heads, d, generator=gen), torch.randn(SLOTS, kv_heads, d, generator=gen)
+    q = torch.randn(len(rows), q_heads, d, generator=gen)
+    out, mass = rt.decode(q, k_cache, v_cache, 0.3)
+    rt.add_mass(mass)
+    for i, (r, want_slots) in enumerate(zip(rows.tolist(), _expected(rt, req_to_token, rows, seq))):
+        idx = torch.tensor(want_slots)
+        k = k_cache[idx].repeat_interleave(3, dim=1)  # [n, q_heads, d]
+        p = torch.softmax(torch.einsum("hd,nhd->hn", q[i], k) * 0.3, dim=-1)  # [q_heads, n]
+        assert torch.allclose(out[i], torch.einsum("hn,nhd->hd", p, v_cache[idx].repeat_interleave(3, dim=1)), atol=1e-5)
+        pin_end = -(-int(rt.state.pin_len[r]) // PS) * PS
+        positions = [p_ for p_ in range(int(seq[i])) if p_ < pin_end or p_ // PS in set(rt.state.resident_pages(r))]
+        for slot, page in enumerate(rt.state.pages[r].tolist()):
+            if page == EMPTY:
+                assert rt.acc[i, slot] == 0
+                continue
+            cols = [j for j, p_ in enumerate(positions) if p_ >= pin_end and p_ // PS == page]
+            assert cols and torch.isclose(rt.acc[i, slot], p.mean(0)[cols].sum(), atol=1e-6)
 
 
 @pytest.mark.parametrize("seed", range(6))
