@@ -1,6 +1,6 @@
 """Per-request RaaS control through SGLang's `custom_params`.
 
-`{"kv_policy": "dense"|"raas", "raas_budget": N, "raas_trace": bool}` in `sampling_params.custom_params`
+`{"kv_policy": "dense"|"raas"|"streaming"|"h2o", "raas_budget": N, "raas_trace": bool}` in `sampling_params.custom_params`
 (`/generate`) or `extra_body={"custom_params": {...}}` (OpenAI endpoints). Validation lives in
 `raas_sglang.config.request_overrides` (pure); this module applies it to a scheduler `Req`.
 
@@ -18,8 +18,8 @@ def custom_params_of(req) -> dict | None:
     return params if isinstance(params, dict) else None
 
 
-def request_policy(req, config: RaasConfig) -> tuple[bool, int, bool]:
-    """(serve with RaaS?, budget pages, trace evictions?) for a scheduler `Req` on a RaaS server.
+def request_policy(req, config: RaasConfig) -> tuple[str, int, bool]:
+    """(policy name, budget pages, trace evictions?) for a scheduler `Req` on a budgeted-policy server.
 
     NOTE: values were validated on the tokenizer side (HTTP 400 there); a value that still fails here falls back
     to the server's settings rather than failing the step.
@@ -27,5 +27,5 @@ def request_policy(req, config: RaasConfig) -> tuple[bool, int, bool]:
     try:
         o = request_overrides(custom_params_of(req), config)
     except ValueError:
-        return True, config.budget_pages, False
-    return o.policy == "raas", o.budget_pages, o.trace
+        return config.policy, config.budget_pages, False
+    return o.policy, o.budget_pages, o.trace

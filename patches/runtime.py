@@ -32,7 +32,8 @@ class RowInfo:
     """Host-side facts of an admitted row (one per running request)."""
 
     rid: str
-    raas: bool
+    raas: bool  # a budgeted policy (anything but dense)
+    policy: str = "dense"
     trace: bool = False
     peak_kv_tokens: int = 0
     trace_steps: list = field(default_factory=list)  # [[decode_position, first, end], ...] per evicted page
@@ -129,13 +130,18 @@ class Runtime:
     # -- request rows --------------------------------------------------------------------------------------------
 
     def admit(
-        self, row: int, rid: str, pin_len: int, raas: bool, budget_pages: int | None, trace: bool,
+        self, row: int, rid: str, pin_len: int, policy: str, budget_pages: int | None, trace: bool,
         carry: RowInfo | None = None,
     ) -> None:
-        """Start tracking `row` for request `rid`. `carry` is the request's record from before a retraction."""
+        """Start tracking `row` for request `rid` under `policy` ("dense" or a budgeted policy). `carry` is the
+        request's record from before a retraction."""
         state = self.state
-        state.admit(row, pin_len if raas else DENSE_PIN, budget_pages if raas else None)
-        info = RowInfo(rid=rid, raas=raas, trace=trace)
+        raas = policy != "dense"
+        if raas:
+            state.admit(row, pin_len, budget_pages, policy)
+        else:
+            state.admit(row, DENSE_PIN, None)
+        info = RowInfo(rid=rid, raas=raas, policy=policy, trace=trace)
         if carry is not None:
             info.peak_kv_tokens = carry.peak_kv_tokens
             info.trace_steps = carry.trace_steps
@@ -187,7 +193,7 @@ class Runtime:
     def report(self, row: int, info: RowInfo) -> dict:
         """The request's `meta_info["raas"]`: JSON-safe."""
         out = {
-            "policy": "raas" if info.raas else "dense",
+            "policy": info.policy,
             "budget_tokens": int(self.state.limit[row]) * self.config.page_size if info.raas else None,
             "evicted_pages": info.evicted_before + int(self.state.evicted[row]),
             "peak_kv_tokens": info.peak_kv_tokens,
@@ -272,12 +278,15 @@ class Runtime:
 
         rows [bs] int64, seq_lens [bs] int64 (tokens in KV, including this step's). Returns (pos [bs, n_max] int64,
         padding = 0; n [bs] int64; col_slot [bs, n_max] int64 = the index into `state.pages[row]` of the position's
-        decode page, or L for pinned positions and padding). Pinned tokens [0, first_decode_page * ps) come first,
+        decode page, or L for pinned positions and padding). The attended pinned tokens (the whole prompt region
+        [0, first_decode_page * ps) unless the row's policy narrows it: `RaasState.prompt_window`) come first,
         then the resident decode pages in ascending order; only the newest page can be partial (it holds the
         token written this step), so no sort of positions is needed, only of the L page indices.
         """
         state, ps, L = self.state, self.config.page_size, self.state.L
         pin_end = torch.minimum(state.first_decode_page(rows) * ps, seq_lens)  # [bs]
+        a, b = state.prompt_window(rows, pin_end, seq_lens)  # attended pinned positions: [0, a) + [b, pin_end)
+        n_pin = a + (pin_end - b)  # [bs]
         pages = state.pages[rows]  # [bs, L]
         valid = pages != EMPTY
         big = torch.iinfo(torch.int64).max
@@ -285,13 +294,14 @@ class Runtime:
         count = valid.sum(dim=1)  # [bs]
         newest = sorted_pages.gather(1, (count - 1).clamp(min=0)[:, None]).squeeze(1)  # [bs]
         dec_tokens = torch.where(count > 0, (count - 1) * ps + (seq_lens - newest * ps), torch.zeros_like(count))
-        n = pin_end + dec_tokens  # [bs]
+        n = n_pin + dec_tokens  # [bs]
         cols = torch.arange(int(n.max()), device=rows.device)[None, :]  # [1, n_max]
-        rel = (cols - pin_end[:, None]).clamp(min=0)  # [bs, n_max] offset into the decode part
+        rel = (cols - n_pin[:, None]).clamp(min=0)  # [bs, n_max] offset into the decode part
         k = (rel // ps).clamp(max=L - 1)  # [bs, n_max] ordinal of the decode page
-        in_dec = (cols >= pin_end[:, None]) & (cols < n[:, None])
+        in_dec = (cols >= n_pin[:, None]) & (cols < n[:, None])
         dec_pos = sorted_pages.gather(1, k).clamp(max=big // 2) * ps + rel % ps
-        pos = torch.where(in_dec, dec_pos, torch.where(cols < pin_end[:, None], cols, torch.zeros_like(cols)))
+        pin_pos = torch.where(cols < a[:, None], cols, b[:, None] + (cols - a[:, None]))
+        pos = torch.where(in_dec, dec_pos, torch.where(cols < n_pin[:, None], pin_pos, torch.zeros_like(cols)))
         col_slot = torch.where(in_dec, order.gather(1, k), torch.full_like(k, L))
         return pos, n, col_slot
 

@@ -29,12 +29,12 @@ def _admit_new_rows(rt: runtime.Runtime, batch) -> None:
         info = rt.rows.get(row)
         if info is not None and info.rid == req.rid:
             continue
-        raas, budget_pages, trace = request_policy(req, rt.config)
+        policy, budget_pages, trace = request_policy(req, rt.config)
         # NOTE: pinned = the prompt, including any radix-matched prefix (a retracted request may have matched
         # past its prompt: the tree owns those tokens, so they are pinned too).
         pin = max(len(req.origin_input_ids), req.kv.cache_protected_len)
-        rt.admit(row, req.rid, pin, raas, budget_pages, trace, carry=getattr(req, "raas_carry", None))
-        if raas:
+        rt.admit(row, req.rid, pin, policy, budget_pages, trace, carry=getattr(req, "raas_carry", None))
+        if policy != "dense":
             _adopt_existing_decode_pages(rt, batch, row, req.kv.kv_committed_len)
         dev = rt.state.device
         rt.note_peaks(

@@ -45,7 +45,9 @@ def add_cli_args(result: Any, parser: argparse.ArgumentParser) -> Any:
         metavar="{" + ",".join(cfg.POLICIES) + "}",
         help=f"KV cache policy for decoding. 'dense' (default) is stock SGLang; 'raas' keeps the prompt pages "
         f"pinned and at most --raas-budget tokens of decode KV per request, evicting the page attended "
-        f"longest ago. With 'raas' and no --page-size, the page size is {cfg.RAAS_DEFAULT_PAGE_SIZE}.",
+        f"longest ago; the baselines 'streaming' (sink page + recent window) and 'h2o' (accumulated attention + "
+        f"recent half) keep the same budget. Without --page-size, the page size is {cfg.RAAS_DEFAULT_PAGE_SIZE} "
+        f"for all but 'dense'.",
     )
     group.add_argument(
         "--raas-budget",
@@ -196,7 +198,7 @@ def check_server_args(result, self, *args, **kwargs):
     except (ImportError, AttributeError):
         pass
     if problems:
-        message = "--kv-policy raas does not support " + "; nor ".join(problems)
+        message = f"--kv-policy {config_of(self).policy} does not support " + "; nor ".join(problems)
         if str(self.launch_command or "").startswith("Engine("):
             raise ConfigError(message)
         raise SystemExit(f"error: {message}")  # the CLI launcher: one line, no traceback

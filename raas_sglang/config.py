@@ -10,7 +10,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, NamedTuple
 
-POLICIES = ("dense", "raas")
+POLICIES = ("dense", "raas", "streaming", "h2o")  # all but dense: budgeted (raas_sglang.policies.REGISTRY)
 DEFAULT_POLICY = "dense"
 DEFAULT_BUDGET_TOKENS = 2048
 DEFAULT_REFRESH_RATIO = 0.5
@@ -114,7 +114,7 @@ def resolve(given: Mapping[str, Any], page_size: int) -> RaasConfig:
         extra = [f for f in RAAS_ONLY_FLAGS if given.get(FLAGS[f]) is not None]
         if extra:
             raise ConfigError(
-                f"{extra[0]}: only allowed with --kv-policy raas (the policy is dense); "
+                f"{extra[0]}: only allowed with --kv-policy {', '.join(POLICIES[1:])} (the policy is dense); "
                 f"add --kv-policy raas or drop {', '.join(extra)}"
             )
         return RaasConfig(policy=policy, page_size=page_size)
@@ -157,7 +157,8 @@ def request_overrides(custom_params: Mapping[str, Any] | None, server: RaasConfi
         raise ConfigError(f"custom_params.kv_policy: must be one of {', '.join(POLICIES)}, got {policy!r}")
     if policy != "dense" and not server.enabled:
         raise ConfigError(
-            "custom_params.kv_policy: 'raas' needs a server started with --kv-policy raas (this one is dense)"
+            f"custom_params.kv_policy: {policy!r} needs a server started with a budgeted --kv-policy "
+            f"({', '.join(POLICIES[1:])}); this one is dense"
         )
     budget = params.get("raas_budget")
     if budget is None:

@@ -21,8 +21,8 @@ from typing import NamedTuple
 
 import torch
 
-EMPTY = -1
-_KEY_SHIFT = 1 << 31  # victim key = stamp * 2^31 + page: oldest stamp first, then lowest page
+from raas_sglang.policies import IDS, REGISTRY
+from raas_sglang.policies.base import EMPTY
 
 
 class Victims(NamedTuple):
@@ -33,10 +33,12 @@ class Victims(NamedTuple):
 
 
 class RaasState:
-    """Batched per-row RaaS state.
+    """Batched per-row state of the budgeted KV policies (`raas_sglang.policies`; each row runs one).
 
     pages   [rows, L] int64  logical page index of each resident decode page (EMPTY = free slot)
-    stamp   [rows, L] int64  decode step of the page's last hit (meaningless where pages == EMPTY)
+    stamp   [rows, L] int64  decode step of the page's last hit (raas; meaningless where pages == EMPTY)
+    score   [rows, L] float32 score accumulated while resident (h2o)
+    policy  [rows]    int64  the row's policy id (`policies.IDS`)
     count   [rows]    int64  resident decode pages
     pin_len [rows]    int64  tokens [0, pin_len) are pinned
     step    [rows]    int64  the request's own decode steps so far (0 at its first decode step)
@@ -52,6 +54,8 @@ class RaasState:
         z = dict(dtype=torch.int64, device=self.device)
         self.pages = torch.full((num_rows, budget_pages), EMPTY, **z)  # [rows, L] int64
         self.stamp = torch.zeros((num_rows, budget_pages), **z)  # [rows, L] int64
+        self.score = torch.zeros((num_rows, budget_pages), dtype=torch.float32, device=self.device)  # [rows, L]
+        self.policy = torch.zeros(num_rows, **z)  # [rows] int64
         self.count = torch.zeros(num_rows, **z)  # [rows] int64
         self.pin_len = torch.zeros(num_rows, **z)  # [rows] int64
         self.step = torch.zeros(num_rows, **z)  # [rows] int64
@@ -60,18 +64,21 @@ class RaasState:
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
-    def admit(self, row: int, pin_len: int, budget_pages: int | None = None) -> None:
-        """Reset `row` for a new request whose first `pin_len` tokens are pinned."""
+    def admit(self, row: int, pin_len: int, budget_pages: int | None = None, policy: str = "raas") -> None:
+        """Reset `row` for a new request whose first `pin_len` tokens are pinned, running `policy`."""
         limit = self.L if budget_pages is None else budget_pages
         if not 2 <= limit <= self.L:
             raise ValueError(f"per-request budget must be 2..{self.L} pages, got {limit}")
         self.release(row)
         self.pin_len[row] = pin_len
         self.limit[row] = limit
+        self.policy[row] = IDS[policy]
 
     def release(self, row: int) -> None:
         self.pages[row] = EMPTY
         self.stamp[row] = 0
+        self.score[row] = 0
+        self.policy[row] = 0
         self.count[row] = 0
         self.pin_len[row] = 0
         self.step[row] = 0
@@ -91,8 +98,8 @@ class RaasState:
 
     def victims(self, rows: torch.Tensor, positions: torch.Tensor) -> Victims:
         """Choose, for each row whose next token opens a page while it holds its limit of pages, the page to
-        evict: the oldest stamp, ties to the lowest page, never the newest resident page (it holds the most
-        recent tokens). Rows that need no eviction get EMPTY. Does not change state; call `evict` next.
+        evict: its policy's lowest `victim_key`, never the newest resident page (it holds the most recent
+        tokens). Rows that need no eviction get EMPTY. Does not change state; call `evict` next.
 
         rows [n] int64, positions [n] int64 (logical position of the token about to be written)
         """
@@ -101,10 +108,17 @@ class RaasState:
         valid = pages != EMPTY
         newest = pages.max(dim=1, keepdim=True).values  # [n, 1]
         candidate = valid & (pages != newest)
-        key = torch.where(candidate, self.stamp[rows] * _KEY_SHIFT + pages, torch.iinfo(torch.int64).max)
-        slot = key.argmin(dim=1)  # [n]
+        inf = float("inf")
+        key = torch.full(pages.shape, inf, dtype=torch.float64, device=self.device)  # [n, L]
+        policy = self.policy[rows]
+        for name, pid in IDS.items():
+            mine = policy == pid
+            if bool(mine.any()):
+                key = torch.where(mine[:, None], REGISTRY[name].victim_key(self, rows, pages), key)
+        key = torch.where(candidate, key, torch.full_like(key, inf))
+        best, slot = key.min(dim=1)  # [n]
         chosen = pages.gather(1, slot[:, None]).squeeze(1)  # [n]
-        ok = need & candidate.any(dim=1)
+        ok = need & torch.isfinite(best)
         return Victims(rows, torch.where(ok, chosen, torch.full_like(chosen, EMPTY)))
 
     def evict(self, victims: Victims) -> None:
@@ -135,22 +149,28 @@ class RaasState:
         slot = usable.to(torch.int8).argmax(dim=1)  # first usable slot, [m]
         self.pages[rows, slot] = positions // self.page_size
         self.stamp[rows, slot] = self.step[rows]
+        self.score[rows, slot] = 0.0
         self.count[rows] += 1
 
     def observe(
-        self,
-        rows: torch.Tensor,
-        scores: torch.Tensor,
-        ratio: float,
-        threshold: float | None = None,
-    ) -> torch.Tensor:
-        """Refresh stamps from this step's page scores, then advance each row's step.
+        self, rows: torch.Tensor, scores: torch.Tensor, ratio: float, threshold: float | None = None
+    ) -> None:
+        """One step's page scores for `rows`: each row's policy updates its per-page state; then every row's
+        step advances. rows [n] int64; scores [n, L] float, aligned with `self.pages[rows]`. `ratio` and
+        `threshold`: RaaS's refresh rule (`refresh_top`)."""
+        policy = self.policy[rows]
+        for name, pid in IDS.items():
+            mine = policy == pid
+            if bool(mine.any()):
+                REGISTRY[name].observe(self, rows[mine], scores[mine], ratio, threshold)
+        self.step[rows] += 1
 
-        rows [n] int64; scores [n, L] float, aligned with `self.pages[rows]` (ignored where a slot is EMPTY).
-        The top `ceil(ratio * count)` resident pages of each row by score (ties to the lowest page) get
-        stamp = the row's current step; with `threshold`, a page must also score >= threshold.
-        Returns the refreshed mask [n, L] bool.
-        """
+    def refresh_top(
+        self, rows: torch.Tensor, scores: torch.Tensor, ratio: float, threshold: float | None = None
+    ) -> torch.Tensor:
+        """RaaS's stamp refresh: the top `ceil(ratio * count)` resident pages of each row by score (ties to the
+        lowest page) get stamp = the row's current step; with `threshold`, a page must also score >= threshold.
+        rows [n] int64; scores [n, L] float (ignored where a slot is EMPTY). Returns the refreshed mask [n, L]."""
         pages = self.pages[rows]  # [n, L]
         valid = pages != EMPTY
         neg = torch.finfo(scores.dtype).min
@@ -169,8 +189,19 @@ class RaasState:
             hit &= scores >= threshold
         step = self.step[rows][:, None].expand_as(pages)
         self.stamp[rows] = torch.where(hit, step, self.stamp[rows])
-        self.step[rows] += 1
         return hit
+
+    def prompt_window(self, rows: torch.Tensor, pin_end: torch.Tensor, seq_lens: torch.Tensor):
+        """(a, b) [n] int64: each row attends to pinned positions [0, a) and [b, pin_end) (its policy's choice;
+        the whole prompt unless the policy says otherwise)."""
+        a, b = pin_end, pin_end
+        policy = self.policy[rows]
+        for name, pid in IDS.items():
+            mine = policy == pid
+            if bool(mine.any()):
+                pa, pb = REGISTRY[name].prompt_window(self, rows, pin_end, seq_lens)
+                a, b = torch.where(mine, pa, a), torch.where(mine, pb, b)
+        return a, b
 
     # -- queries -------------------------------------------------------------------------------------------------
 

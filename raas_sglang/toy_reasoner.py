@@ -37,15 +37,15 @@ ANSWER_WEIGHT = 10.0
 
 def build_tokenizer(out: Path | None = None):
     """One token per character of `toy_task.CHARS`, plus <pad>, <s>, </s>."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     vocab = {t: i for i, t in enumerate([*toy_task.SPECIAL, *toy_task.CHARS])}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     tok.decoder = decoders.Fuse()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-    fast.add_bos_token = True
     if out is not None:
         fast.save_pretrained(out)
     return fast

@@ -25,21 +25,30 @@ def hf_logprobs(model, ids: list[int], allowed: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits.float(), dim=-1)
 
 
-def kept_mask(total: int, trace: list) -> torch.Tensor:
-    """[T, T] bool: query i sees key j iff j <= i and j was not evicted at or before the step writing i."""
+def kept_mask(total: int, trace: list, window: tuple[int, int, int] | None = None) -> torch.Tensor:
+    """[T, T] bool: query i sees key j iff j <= i and j was not evicted at or before the step writing i.
+
+    `window` = (prompt_end, sink, window_tokens) for the streaming policy: the query at position i >= prompt_end
+    also skips pinned positions [sink, i + 1 - window_tokens) (its prompt falls out of the recent window).
+    """
     mask = torch.tril(torch.ones(total, total, dtype=torch.bool))
     for pos, lo, hi in trace:
         mask[pos:, lo:hi] = False
+    if window is not None:
+        prompt_end, sink, width = window
+        for i in range(prompt_end, total):
+            mask[i, sink : max(sink, min(prompt_end, i + 1 - width))] = False
     return mask
 
 
 
-def masked_reference_error(model, prompt: list[int], out: dict, dense: bool = False) -> float:
+def masked_reference_error(model, prompt: list[int], out: dict, dense: bool = False, window=None) -> float:
     """Max |server log-prob - reference log-prob| over the output tokens; the reference attends to exactly the
-    positions the server kept (from `meta_info.raas.trace`), or to everything with `dense`."""
+    positions the server kept (from `meta_info.raas.trace`, and `window`: see `kept_mask`), or to everything with
+    `dense`."""
     ids = prompt + out["output_ids"]
     trace = [] if dense else out["meta_info"]["raas"]["trace"]
-    lp = hf_logprobs(model, ids, kept_mask(len(ids), trace))
+    lp = hf_logprobs(model, ids, kept_mask(len(ids), trace, None if dense else window))
     ref = lp[len(prompt) - 1 : -1].gather(1, torch.tensor(out["output_ids"])[:, None]).squeeze(1)
     got = torch.tensor([x[0] for x in out["meta_info"]["output_token_logprobs"]])
     return (got - ref).abs().max().item()

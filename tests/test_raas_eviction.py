@@ -71,6 +71,23 @@ def test_memory_is_bounded(server, budget):
     assert dense["evicted_pages"] == 0 and dense["peak_kv_tokens"] >= len(PROMPT) + n - 1
 
 
+@pytest.mark.parametrize("policy", ["streaming", "h2o"])
+def test_baseline_policies_bounded_and_attend_what_they_keep(server, hf, policy):
+    """The baselines share the budget and the physical eviction: each stays within I4, and its log-probabilities
+    equal the reference masked to what it kept (streaming also drops the prompt outside its sink page and its
+    recent window)."""
+    budget, n = 48, 300
+    out = gen(server, PROMPT, n, kv_policy=policy, raas_budget=budget, raas_trace=True)
+    raas = out["meta_info"]["raas"]
+    assert raas["policy"] == policy and raas["evicted_pages"] >= 10
+    assert raas["peak_kv_tokens"] <= bound(len(PROMPT), budget)
+    prompt_end = -(-len(PROMPT) // 16) * 16  # pinned through the end of the partial prompt page
+    window = (prompt_end, 16, budget) if policy == "streaming" else None
+    assert masked_reference_error(hf, PROMPT, out, window=window) < 1e-3
+    if policy == "streaming":  # its victims are the oldest decode pages, in order
+        assert [lo // 16 for _, lo, _ in raas["trace"]] == list(range(3, 3 + raas["evicted_pages"]))
+
+
 def test_concurrent_requests_each_bounded_and_exact(server, hf):
     """A batch mixing budgets, dense and raas rows, evicting at different steps: each row keeps its own bound and
     its log-probabilities still match the masked reference."""

@@ -82,7 +82,7 @@ def test_torch_native_table_is_the_resident_set(seed, monkeypatch):
     rt, req_to_token, rows, seq = _evolve(seed)
     monkeypatch.setattr(runtime, "_RUNTIME", rt)
     parts, batch = _fixtures(rt, req_to_token, rows, seq)
-    attention.begin_forward(SimpleNamespace(**parts), batch, exact=True)
+    attention.begin_forward(SimpleNamespace(**parts), batch, exact=True, batched=True)
     assert rt.state.evicted[rows].sum() > 0 and rt.table is not None
     table = rt.table
     got = [table.slots[i, : int(table.n[i])].tolist() for i in range(len(rows))]
@@ -97,7 +97,7 @@ def test_torch_native_batched_decode_and_exact_page_mass(seed, monkeypatch):
     rt, req_to_token, rows, seq = _evolve(seed)
     monkeypatch.setattr(runtime, "_RUNTIME", rt)
     parts, batch = _fixtures(rt, req_to_token, rows, seq)
-    attention.begin_forward(SimpleNamespace(**parts), batch, exact=True)
+    attention.begin_forward(SimpleNamespace(**parts), batch, exact=True, batched=True)
     gen = torch.Generator().manual_seed(seed)
     kv_heads, q_heads, d = 2, 6, 8
     k_cache, v_cache = torch.randn(SLOTS, kv_heads, d, generator=gen), torch.randn(SLOTS, kv_heads, d, generator=gen)

@@ -1,0 +1,21 @@
+"""StreamingLLM (arXiv 2309.17453) at page granularity: attention sinks (the first page of the sequence) plus a
+recent window of the row's budget. Decode pages leave first-in first-out; prompt pages outside the sink page and
+the window are no longer attended (they stay allocated: the prompt is shared through the radix tree)."""
+
+from __future__ import annotations
+
+import torch
+
+from raas_sglang.policies.base import Policy
+
+
+class Streaming(Policy):
+    name = "streaming"
+
+    def victim_key(self, state, rows, pages):
+        return pages.double()  # the oldest decode page
+
+    def prompt_window(self, state, rows, pin_end, seq_lens):
+        sink = torch.clamp(pin_end, max=state.page_size)
+        window_start = seq_lens - state.limit[rows] * state.page_size
+        return sink, torch.minimum(torch.maximum(window_start, sink), pin_end)
