@@ -87,7 +87,8 @@ class Runtime:
         # per decode forward: what the rows attend to (None: every row reads all its KV) and the score accumulator
         self.table: Resident | None = None
         self.scoring: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # rows, phys pages, valid
-        self.acc: torch.Tensor | None = None  # [bs, L] float32 page scores summed over layers
+        self.acc: torch.Tensor | None = None  # [bs, L] float32 page scores folded over layers (sum or max)
+        self.heads_reduce, self.layers_reduce = config.reduce.split("-")
         self.decode = ResidentDecode()  # the torch-native batched decode over `table` (reused buffers)
         self.layer_mass: torch.Tensor | None = None  # [bs, n_max] the current layer's attention mass (torch_native)
         self.num_layers = 0
@@ -319,24 +320,37 @@ class Runtime:
         self.scoring = (rows, phys, valid)
         self.acc = torch.zeros(pages.shape, dtype=torch.float32, device=pages.device)
 
-    def add_mass(self, mass: torch.Tensor) -> None:
-        """mass [bs, n_max] float32: one layer's attention probability per resident position (mean over heads);
-        adds each decode page's total to `acc` (pinned positions and padding fall into a dropped column)."""
+    def add_mass(self, probs: torch.Tensor) -> None:
+        """probs [bs, q_heads, n_max] float32: one layer's attention probabilities per resident position. Each
+        decode page's mass per head (pinned positions and padding fall into a dropped column), reduced over
+        heads, folded into `acc` over layers (`--raas-reduce`)."""
         L = self.state.L
-        per_slot = torch.zeros((mass.shape[0], L + 1), dtype=torch.float32, device=mass.device)
-        per_slot.scatter_add_(1, self.table.col_slot, mass)
-        self.acc += per_slot[:, :L]
+        bs, heads, _ = probs.shape
+        if self.heads_reduce == "mean":
+            per_slot = torch.zeros((bs, L + 1), dtype=torch.float32, device=probs.device)
+            per_slot.scatter_add_(1, self.table.col_slot, probs.mean(dim=1))
+        else:
+            per_head = torch.zeros((bs, heads, L + 1), dtype=torch.float32, device=probs.device)
+            per_head.scatter_add_(2, self.table.col_slot[:, None, :].expand(bs, heads, -1), probs)
+            per_slot = per_head.amax(dim=1)
+        self._fold_layer(per_slot[:, :L])
+
+    def _fold_layer(self, scores: torch.Tensor) -> None:
+        if self.layers_reduce == "max":
+            torch.maximum(self.acc, scores, out=self.acc)
+        else:
+            self.acc += scores
 
     def score_layer(self, layer_id: int, q: torch.Tensor, sm_scale: float) -> None:
         """q [bs, q_heads, d] for this layer; adds the layer's page shares to `acc`."""
         rows, phys, valid = self.scoring
         u = self.bounds.head_scores(layer_id, q, phys, sm_scale)
-        self.acc += page_shares(u, valid)
+        self._fold_layer(page_shares(u, valid, self.heads_reduce))
 
     def page_scores_end(self) -> None:
         """After the last layer: refresh stamps and advance the rows' steps."""
         rows, _, _ = self.scoring
-        self.state.observe(rows, self.acc / max(self.num_layers, 1), self.config.refresh_ratio)
+        self.state.observe(rows, self.acc, self.config.refresh_ratio)
         self.scoring = None
         self.acc = None
 

@@ -3,7 +3,7 @@
 Upstream symbols hooked (sglang 0.5.23, `sglang/srt/server_args.py`, `sglang/srt/entrypoints/engine.py`):
 
 - `ServerArgs.add_cli_args` (staticmethod), AFTER: adds `--kv-policy`, `--raas-budget`,
-  `--raas-refresh-ratio`, `--raas-score` to the stock parser, so `python -m sglang.launch_server --help` lists them.
+  `--raas-refresh-ratio`, `--raas-score`, `--raas-reduce` to the stock parser, so `python -m sglang.launch_server --help` lists them.
 - `ServerArgs.from_cli_args` (classmethod), AROUND: `from_cli_args` copies only declared fields, so our values
   would be dropped; the hook validates them, defaults the page size to 16 under RaaS, and stores the resolved
   `RaasConfig` on the record as `_raas_config`. Attributes named `_...` may be set at any time and are pickled
@@ -73,6 +73,14 @@ def add_cli_args(result: Any, parser: argparse.ArgumentParser) -> Any:
         help="How decode pages are scored: 'exact' attention mass from the decode pass (torch_native), 'quest' "
         "key-bound estimates (any backend), 'auto' (default) exact where the backend gives it. Only with "
         "--kv-policy raas.",
+    )
+    group.add_argument(
+        "--raas-reduce",
+        type=str,
+        default=None,
+        metavar="{" + ",".join(cfg.REDUCES) + "}",
+        help="How a page's per-head and per-layer scores combine (HEADS-LAYERS), before the top "
+        f"--raas-refresh-ratio pages are refreshed. Default {cfg.DEFAULT_REDUCE}. Only with --kv-policy raas.",
     )
     return result
 

@@ -20,6 +20,9 @@ MIN_BUDGET_PAGES = 2  # with one page the only candidate victim is the page bein
 # Quest key-bound estimates (any backend), "auto" = exact where the backend gives it, else quest
 SCORES = ("auto", "exact", "quest")
 DEFAULT_SCORE = "auto"
+# how per-head and per-layer page scores combine into one score per page: "HEADS-LAYERS"
+REDUCES = ("mean-mean", "max-mean", "mean-max", "max-max")
+DEFAULT_REDUCE = "mean-mean"
 
 # flag name -> the ServerArgs-style attribute that carries it
 FLAGS = {
@@ -27,8 +30,9 @@ FLAGS = {
     "--raas-budget": "raas_budget",
     "--raas-refresh-ratio": "raas_refresh_ratio",
     "--raas-score": "raas_score",
+    "--raas-reduce": "raas_reduce",
 }
-RAAS_ONLY_FLAGS = ("--raas-budget", "--raas-refresh-ratio", "--raas-score")
+RAAS_ONLY_FLAGS = ("--raas-budget", "--raas-refresh-ratio", "--raas-score", "--raas-reduce")
 
 
 class ConfigError(ValueError):
@@ -48,6 +52,7 @@ class RaasConfig:
     refresh_ratio: float = DEFAULT_REFRESH_RATIO
     page_size: int = 1
     score: str = DEFAULT_SCORE
+    reduce: str = DEFAULT_REDUCE
 
     @property
     def enabled(self) -> bool:
@@ -123,6 +128,9 @@ def resolve(given: Mapping[str, Any], page_size: int) -> RaasConfig:
     score = given.get("raas_score") or DEFAULT_SCORE
     if score not in SCORES:
         raise ConfigError(f"--raas-score: must be one of {', '.join(SCORES)}, got {score!r}")
+    reduce = given.get("raas_reduce") or DEFAULT_REDUCE
+    if reduce not in REDUCES:
+        raise ConfigError(f"--raas-reduce: must be one of {', '.join(REDUCES)}, got {reduce!r}")
     return RaasConfig(
         policy=policy,
         budget_tokens=budget_tokens_for(
@@ -131,6 +139,7 @@ def resolve(given: Mapping[str, Any], page_size: int) -> RaasConfig:
         refresh_ratio=_ratio("--raas-refresh-ratio", DEFAULT_REFRESH_RATIO if ratio is None else ratio),
         page_size=page_size,
         score=score,
+        reduce=reduce,
     )
 
 

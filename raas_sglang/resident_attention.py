@@ -45,8 +45,8 @@ class ResidentDecode:
         return out.view(bs * h, n_max, d)
 
     def __call__(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, sm_scale: float):
-        """Returns (out [bs, q_heads, dv] in q's dtype, mass [bs, n_max] float32 = probability of each slot,
-        mean over query heads; 0 on padding)."""
+        """Returns (out [bs, q_heads, dv] in q's dtype, probs [bs, q_heads, n_max] float32 = each head's
+        attention probability of each slot; 0 on padding)."""
         bs, h, n_max = self.shape
         q_heads = q.shape[1]
         g = q_heads // h
@@ -57,4 +57,4 @@ class ResidentDecode:
         logits.mul_(sm_scale).add_(self.bias)
         probs = torch.softmax(logits, dim=-1)  # [bs, hq, n_max]
         out = torch.bmm(probs.view(bs * h, g, n_max).to(v.dtype), v)  # [bs*h, g, dv]
-        return out.view(bs, q_heads, -1).to(q.dtype), probs.mean(dim=1)
+        return out.view(bs, q_heads, -1).to(q.dtype), probs

@@ -9,7 +9,8 @@ The reduction (documented choice; step 4 compares alternatives):
    any key of page p;
 2. per head, softmax of u over the request's resident decode pages — an estimate of how the head's attention
    is shared among them (scale-free, so layers and heads are comparable);
-3. mean over KV heads and over layers -> one score per resident decode page per request per step.
+3. mean over KV heads, summed over layers (or max, `--raas-reduce`) -> one score per resident decode page per
+   request per step.
 """
 
 from __future__ import annotations
@@ -92,12 +93,12 @@ class PageKeyBounds:
         return u.view(bs, kv_heads, P, g).amax(dim=3).float() * sm_scale  # [bs, h, P] float32
 
 
-def page_shares(u: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Steps 2-3 for one layer: softmax over valid pages per head, mean over heads.
+def page_shares(u: torch.Tensor, valid: torch.Tensor, heads: str = "mean") -> torch.Tensor:
+    """Steps 2-3 for one layer: softmax over valid pages per head, then mean (or `heads="max"`) over heads.
 
     u [bs, kv_heads, P] float; valid [bs, P] bool. Returns [bs, P] float32 (0 where not valid; rows with no valid
     page are all 0).
     """
     masked = u.masked_fill(~valid[:, None, :], float("-inf"))
     probs = torch.softmax(masked, dim=-1).nan_to_num(0.0)  # [bs, h, P]
-    return probs.mean(dim=1)
+    return probs.amax(dim=1) if heads == "max" else probs.mean(dim=1)

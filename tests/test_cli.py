@@ -38,6 +38,10 @@ BAD = {
         "--kv-policy raas does not support attention backend fa3; use --attention-backend flashinfer or",
     ),
     "raas-score-unknown": (["--kv-policy", "raas", "--raas-score", "max"], "--raas-score: must be one of auto, exact, quest"),
+    "raas-reduce-unknown": (
+        ["--kv-policy", "raas", "--raas-reduce", "sum"],
+        "--raas-reduce: must be one of mean-mean, max-mean, mean-max, max-max",
+    ),
     "raas-exact-on-triton": (
         ["--kv-policy", "raas", "--raas-score", "exact", "--attention-backend", "triton", "--max-total-tokens", "4096"],
         "--kv-policy raas does not support --raas-score exact on the triton/flashinfer backends",
@@ -68,7 +72,7 @@ def refusals(model_dir):
 def test_help_lists_raas_flags():
     out = _run(["--help"])
     assert out.returncode == 0, out.stderr[-2000:]
-    for flag in ("--kv-policy {dense,raas,streaming,h2o}", "--raas-budget", "--raas-refresh-ratio", "--raas-score"):
+    for flag in ("--kv-policy {dense,raas,streaming,h2o}", "--raas-budget", "--raas-refresh-ratio", "--raas-score", "--raas-reduce"):
         assert flag in out.stdout, f"{flag} missing from --help: the raas plugin did not load"
 
 

@@ -22,11 +22,11 @@ from raas_sglang.patches import attention, attention_flashinfer, attention_trito
 PS, L, ROWS, MAX_LEN, SLOTS = 4, 3, 6, 96, 1024
 
 
-def _evolve(seed: int):
+def _evolve(seed: int, reduce: str = "mean-mean"):
     """A runtime whose rows went through random decode steps with evictions, and its req_to_token [ROWS, MAX_LEN]
     (distinct live slots; evicted entries point at slot 0, as `Runtime.evict` leaves them)."""
     gen = random.Random(seed)
-    rt = runtime.Runtime(RaasConfig(policy="raas", budget_tokens=L * PS, page_size=PS))
+    rt = runtime.Runtime(RaasConfig(policy="raas", budget_tokens=L * PS, page_size=PS, reduce=reduce))
     req_to_token = torch.zeros(ROWS, MAX_LEN, dtype=torch.int32)
     req_to_token[:] = (torch.randperm(SLOTS - PS)[: ROWS * MAX_LEN] + PS).view(ROWS, MAX_LEN).to(torch.int32)
     state = rt.ensure_state(req_to_token)
@@ -90,11 +90,11 @@ def test_torch_native_table_is_the_resident_set(seed, monkeypatch):
     assert _split(*table.ragged()) == got
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_torch_native_batched_decode_and_exact_page_mass(seed, monkeypatch):
+@pytest.mark.parametrize("seed,reduce", [(0, "mean-mean"), (1, "max-mean"), (2, "mean-max"), (3, "max-max")])
+def test_torch_native_batched_decode_and_exact_page_mass(seed, reduce, monkeypatch):
     """The batched resident decode equals per-row softmax attention over the resident slots, and the page
-    scores it feeds are each resident decode page's attention mass (mean over query heads)."""
-    rt, req_to_token, rows, seq = _evolve(seed)
+    scores it feeds are each resident decode page's attention mass (mean or max over query heads; one layer)."""
+    rt, req_to_token, rows, seq = _evolve(seed, reduce)
     monkeypatch.setattr(runtime, "_RUNTIME", rt)
     parts, batch = _fixtures(rt, req_to_token, rows, seq)
     attention.begin_forward(SimpleNamespace(**parts), batch, exact=True, batched=True)
@@ -116,7 +116,9 @@ def test_torch_native_batched_decode_and_exact_page_mass(seed, monkeypatch):
                 assert rt.acc[i, slot] == 0
                 continue
             cols = [j for j, p_ in enumerate(positions) if p_ >= pin_end and p_ // PS == page]
-            assert cols and torch.isclose(rt.acc[i, slot], p.mean(0)[cols].sum(), atol=1e-6)
+            per_head = p[:, cols].sum(dim=1)  # [q_heads]
+            want = per_head.amax() if reduce.startswith("max") else per_head.mean()
+            assert cols and torch.isclose(rt.acc[i, slot], want, atol=1e-6)
 
 
 @pytest.mark.parametrize("seed", range(6))
