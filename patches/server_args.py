@@ -195,6 +195,9 @@ def check_server_args(result, self, *args, **kwargs):
         from sglang.srt.configs.model_config import AttentionArch
 
         model = model_config_of(self)
+        budget, context = config_of(self).budget_tokens, int(model.context_len)
+        if budget > context:
+            _refuse(self, f"--raas-budget: must be at most the context length ({context} tokens), got {budget}")
         if model.attention_arch == AttentionArch.MLA:
             problems.append("MLA/DSA models (RaaS pages per-head KV); use --kv-policy dense for this model")
         if getattr(model, "is_hybrid_swa", False) or getattr(model, "window_size", None) or getattr(
@@ -206,11 +209,14 @@ def check_server_args(result, self, *args, **kwargs):
     except (ImportError, AttributeError):
         pass
     if problems:
-        message = f"--kv-policy {config_of(self).policy} does not support " + "; nor ".join(problems)
-        if str(self.launch_command or "").startswith("Engine("):
-            raise ConfigError(message)
-        raise SystemExit(f"error: {message}")  # the CLI launcher: one line, no traceback
+        _refuse(self, f"--kv-policy {config_of(self).policy} does not support " + "; nor ".join(problems))
     return result
+
+
+def _refuse(server_args, message: str):
+    if str(server_args.launch_command or "").startswith("Engine("):
+        raise ConfigError(message)
+    raise SystemExit(f"error: {message}")  # the CLI launcher: one line, no traceback
 
 
 HOOKS = (

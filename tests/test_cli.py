@@ -11,46 +11,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from bad_inputs import FLAGS
 from raas_sglang.cpu_env import has_cuda, launch_env
 
 LAUNCH = [sys.executable, "-m", "sglang.launch_server"]
 CPU = [] if has_cuda() else ["--device", "cpu", "--dtype", "float32"]
 
-BAD = {
-    "unknown-policy": (["--kv-policy", "lru"], "--kv-policy: must be one of dense, raas"),
-    "budget-not-int": (["--kv-policy", "raas", "--raas-budget", "lots"], "--raas-budget: must be a positive integer"),
-    "budget-zero": (["--kv-policy", "raas", "--raas-budget", "0"], "--raas-budget: must be a positive integer"),
-    "budget-one-page": (["--kv-policy", "raas", "--raas-budget", "16"], "--raas-budget: must be at least 2 pages = 32 tokens"),
-    "budget-one-page-p64": (
-        ["--kv-policy", "raas", "--page-size", "64", "--raas-budget", "64"],
-        "--raas-budget: must be at least 2 pages = 128 tokens at page size 64",
-    ),
-    "ratio-zero": (["--kv-policy", "raas", "--raas-refresh-ratio", "0"], "--raas-refresh-ratio: must be a number in (0, 1]"),
-    "ratio-above-one": (["--kv-policy", "raas", "--raas-refresh-ratio", "1.5"], "--raas-refresh-ratio: must be a number in (0, 1]"),
-    "raas-flag-with-dense": (
-        ["--kv-policy", "dense", "--raas-budget", "256"],
-        "--raas-budget: only allowed with --kv-policy raas",
-    ),
-    "raas-flag-without-policy": (["--raas-refresh-ratio", "0.25"], "--raas-refresh-ratio: only allowed with --kv-policy raas"),
-    # combinations RaaS does not support yet: refused after resolution, before any child process starts
-    "raas-with-fa3": (
-        ["--kv-policy", "raas", "--attention-backend", "fa3", "--max-total-tokens", "4096"],
-        "--kv-policy raas does not support attention backend fa3; use --attention-backend flashinfer or",
-    ),
-    "raas-score-unknown": (["--kv-policy", "raas", "--raas-score", "max"], "--raas-score: must be one of auto, exact, quest"),
-    "raas-reduce-unknown": (
-        ["--kv-policy", "raas", "--raas-reduce", "sum"],
-        "--raas-reduce: must be one of mean-mean, max-mean, mean-max, max-max",
-    ),
-    "raas-exact-on-triton": (
-        ["--kv-policy", "raas", "--raas-score", "exact", "--attention-backend", "triton", "--max-total-tokens", "4096"],
-        "--kv-policy raas does not support --raas-score exact on the triton/flashinfer backends",
-    ),
-    "raas-with-hicache": (
-        ["--kv-policy", "raas", "--enable-hierarchical-cache", "--max-total-tokens", "4096"],
-        "--kv-policy raas does not support the hierarchical cache; drop --enable-hierarchical-cache",
-    ),
-}
+BAD = FLAGS  # the startup rows of the bad-input table
 
 
 def _run(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:

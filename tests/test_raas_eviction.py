@@ -12,6 +12,7 @@ import urllib.request
 import pytest
 import torch
 
+from bad_inputs import REQUESTS
 from conftest import STRICT_ENV, serve
 from raas_helpers import bound, gen, hf_logprobs, masked_reference_error
 
@@ -125,17 +126,10 @@ def test_multi_turn_reuses_prompt_and_matches_cold(server):
     assert cold["output_ids"] == warm["output_ids"]
 
 
-@pytest.mark.parametrize(
-    "custom, field",
-    [
-        ({"raas_budget": 10**9}, "custom_params.raas_budget: must be at most"),
-        ({"raas_budget": 16}, "custom_params.raas_budget: must be at least 2 pages"),
-        ({"raas_budget": "64"}, "custom_params.raas_budget: must be a positive integer"),
-        ({"kv_policy": "lru"}, "custom_params.kv_policy: must be one of dense, raas"),
-        ({"raas_trace": "yes"}, "custom_params.raas_trace: must be true or false"),
-    ],
-)
-def test_bad_custom_params_get_400(server, custom, field):
+@pytest.mark.parametrize("case", sorted(REQUESTS))
+def test_bad_custom_params_get_400(server, case):
+    """The request rows of the bad-input table (tests/bad_inputs.py)."""
+    custom, field = REQUESTS[case]
     body = {"input_ids": PROMPT, "sampling_params": {"max_new_tokens": 4, "custom_params": custom}}
     with pytest.raises(urllib.error.HTTPError) as err:
         server.post("/generate", body)
