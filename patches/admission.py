@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import dataclasses
 
+from raas_sglang.config import EVICTING
 from raas_sglang.patches import runtime
 from raas_sglang.patches.requests import request_policy
 
 
 def _decode_allowance(rt: runtime.Runtime, req) -> int | None:
     """Decode tokens a RaaS request may hold at most (L pages + one page of slack); None for dense."""
-    raas, pages, _ = request_policy(req, rt.config)
-    return (pages + 1) * rt.config.page_size if raas else None
+    policy, pages, _ = request_policy(req, rt.config)
+    return (pages + 1) * rt.config.page_size if policy in EVICTING else None
 
 
 def _decode_held(rt: runtime.Runtime, req) -> int:

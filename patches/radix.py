@@ -17,6 +17,7 @@ Upstream symbols hooked (sglang 0.5.23):
 
 from __future__ import annotations
 
+from raas_sglang.config import EVICTING
 from raas_sglang.patches import runtime
 from raas_sglang.patches.requests import request_policy
 
@@ -35,7 +36,7 @@ def checkpoint_into_tree(self, req, *args, up_to, **kwargs):
     info = _row_info(rt, req)
     if info is not None and info.raas and rt.state is not None:
         cap = min(cap, rt.state.first_hole(req.kv.req_pool_idx, up_to))
-    if not req.finished() and request_policy(req, rt.config)[0]:
+    if not req.finished() and request_policy(req, rt.config)[0] in EVICTING:
         cap = min(cap, max(len(req.origin_input_ids), req.kv.cache_protected_len))
     if cap == up_to:
         return None

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Mapping, NamedTuple
 
 POLICIES = ("dense", "raas", "streaming", "h2o")  # all but dense: budgeted (raas_sglang.policies.REGISTRY)
+EVICTING = frozenset({"raas", "streaming", "h2o"})  # policies whose decode KV is bounded (physically evicted)
 DEFAULT_POLICY = "dense"
 DEFAULT_BUDGET_TOKENS = 2048
 DEFAULT_REFRESH_RATIO = 0.5
