@@ -56,14 +56,17 @@ def init_forward_metadata(result, self, forward_batch):
 def _build_tables(rt: runtime.Runtime, backend, forward_batch, exact: bool, batched: bool) -> None:
     pool = backend.token_to_kv_pool
     rt.ensure_layers(pool)
-    if not exact:
+    if not exact or rt.config.keeps_bounds:
         rt.ensure_bounds(pool)
     rows = forward_batch.req_pool_indices.to(torch.int64)  # [bs]
+    seq_lens = forward_batch.seq_lens.to(torch.int64)  # [bs]
     req_to_token = backend.req_to_token_pool.req_to_token
     scoring = bool((rt.state.count[rows] > 0).any())
-    if scoring or bool((rt.state.evicted[rows] > 0).any()):
-        pos, n, col_slot = rt.resident_positions(rows, forward_batch.seq_lens.to(torch.int64))
-        rt.table = runtime.Resident(req_to_token[rows[:, None], pos].to(torch.int64), n, col_slot)  # [bs, n_max]
+    cand_end = rt.selection_ends(rows, seq_lens) if batched and rt.config.keeps_bounds else None
+    if scoring or cand_end is not None or bool((rt.state.evicted[rows] > 0).any()):
+        pos, n, col_slot = rt.resident_positions(rows, seq_lens)
+        slots = req_to_token[rows[:, None], pos].to(torch.int64)  # [bs, n_max] KV slots
+        rt.table = runtime.Resident(slots, n, col_slot, pos, rows, cand_end)
         if batched:
             rt.decode.plan(rt.table.slots, n, pool.get_key_buffer(pool.start_layer).shape[1])
     if scoring:
@@ -79,24 +82,32 @@ def run_sdpa_forward_decode(orig, self, query, output, k_cache, v_cache, req_to_
     scaling = kw.get("scaling")
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
-    out, rt.layer_mass = rt.decode(query, k_cache, v_cache, scaling)
+    keep = rt.select(rt.current_layer, query, scaling) if rt.table.cand_end is not None else None
+    out, rt.layer_mass = rt.decode(query, k_cache, v_cache, scaling, keep)
     output.copy_(out)
     return output
 
 
 def forward_decode_exact(orig, self, q, k, v, layer, forward_batch, *a, **kw):
-    """AROUND torch_native's `forward_decode`: add the layer's attention mass to the page scores."""
-    out = orig(self, q, k, v, layer, forward_batch, *a, **kw)
+    """AROUND torch_native's `forward_decode`: fold the new keys when Quest bounds are kept; add the layer's
+    page scores (its attention mass, or Quest estimates with --raas-score quest); refresh stamps after the last
+    layer."""
     rt = _active(forward_batch)
-    if rt is not None and rt.bounds is not None:  # --raas-score quest on torch_native
-        return forward_decode(lambda *_a, **_k: out, self, q, k, v, layer, forward_batch)
-    if rt is None or rt.scoring is None or rt.layer_mass is None:
-        return out
+    if rt is None:
+        return orig(self, q, k, v, layer, forward_batch, *a, **kw)
+    lid = layer.layer_id - rt.start_layer
+    rt.current_layer = lid
+    out = orig(self, q, k, v, layer, forward_batch, *a, **kw)
     with runtime.timed(rt, "layers"):
-        rt.add_mass(rt.layer_mass)
+        _fold_keys(rt, layer, forward_batch, k)
+        if rt.scoring is not None:
+            if rt.config.score == "quest":
+                rt.score_layer(lid, q.reshape(q.shape[0], layer.tp_q_head_num, layer.qk_head_dim), layer.scaling)
+            elif rt.layer_mass is not None:
+                rt.add_mass(rt.layer_mass)
+            if lid == rt.num_layers - 1:
+                rt.page_scores_end()
         rt.layer_mass = None
-        if layer.layer_id - rt.start_layer == rt.num_layers - 1:
-            rt.page_scores_end()
     return out
 
 
@@ -128,7 +139,7 @@ def forward_extend(orig, self, q, k, v, layer, forward_batch, *a, **kw):
     """AROUND a Quest-scored backend's `forward_extend`: fold prefill keys into the page bounds."""
     out = orig(self, q, k, v, layer, forward_batch, *a, **kw)
     rt = runtime.get()
-    if rt is not None and rt.config.score != "exact" and (rt.config.score == "quest" or not _exact_backend(self)):
+    if rt is not None and (rt.config.keeps_bounds or not _exact_backend(self)):
         rt.ensure_bounds(self.token_to_kv_pool)
         _fold_keys(rt, layer, forward_batch, k)
     return out

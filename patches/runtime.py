@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from raas_sglang.config import RaasConfig
+from raas_sglang.config import EVICTING, RaasConfig
+from raas_sglang.policies import IDS, REGISTRY
 from raas_sglang.core import EMPTY, RaasState, Victims
 from raas_sglang.resident_attention import ResidentDecode
 from raas_sglang.scoring import PageKeyBounds, page_shares
@@ -52,6 +53,9 @@ class Resident:
     slots: torch.Tensor  # [bs, n_max] int64
     n: torch.Tensor  # [bs] int64
     col_slot: torch.Tensor  # [bs, n_max] int64: state slot of each position's decode page, L if pinned/padding
+    pos: torch.Tensor | None = None  # [bs, n_max] int64 logical positions (padding = 0)
+    rows: torch.Tensor | None = None  # [bs] int64 request-pool rows
+    cand_end: torch.Tensor | None = None  # [bs] int64: Quest-selecting rows pick among pages below this; else 0
 
     def ragged(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(kv_indptr [bs + 1] int32, kv_indices [sum(n)] int64): row i reads kv_indices[indptr[i]:indptr[i+1]]."""
@@ -90,7 +94,8 @@ class Runtime:
         self.acc: torch.Tensor | None = None  # [bs, L] float32 page scores folded over layers (sum or max)
         self.heads_reduce, self.layers_reduce = config.reduce.split("-")
         self.decode = ResidentDecode()  # the torch-native batched decode over `table` (reused buffers)
-        self.layer_mass: torch.Tensor | None = None  # [bs, n_max] the current layer's attention mass (torch_native)
+        self.layer_mass: torch.Tensor | None = None  # [bs, hq, n_max] the current layer's attention probabilities
+        self.current_layer = 0  # set around each layer's torch-native decode (Quest selection needs it)
         self.num_layers = 0
         self.start_layer = 0
         self.allocator = None  # SGLang's token allocator and tree cache (set on first decode), for the summary
@@ -138,8 +143,10 @@ class Runtime:
         request's record from before a retraction."""
         state = self.state
         raas = policy != "dense"
-        if raas:
+        if policy in EVICTING:
             state.admit(row, pin_len, budget_pages, policy)
+        elif raas:  # quest: holds everything (nothing evicted); the budget is how many pages it attends to
+            state.admit(row, DENSE_PIN, budget_pages, policy)
         else:
             state.admit(row, DENSE_PIN, None)
         info = RowInfo(rid=rid, raas=raas, policy=policy, trace=trace)
@@ -305,6 +312,47 @@ class Runtime:
         pos = torch.where(in_dec, dec_pos, torch.where(cols < n_pin[:, None], pin_pos, torch.zeros_like(cols)))
         col_slot = torch.where(in_dec, order.gather(1, k), torch.full_like(k, L))
         return pos, n, col_slot
+
+    def selection_ends(self, rows: torch.Tensor, seq_lens: torch.Tensor) -> torch.Tensor | None:
+        """[bs] int64: for rows whose policy selects pages per layer, the end of their candidate positions (all
+        pages before the one being written, or the pinned prompt); 0 for other rows. None if no row selects."""
+        policy = self.state.policy[rows]
+        ps = self.config.page_size
+        ends = torch.zeros_like(seq_lens)
+        for name, pid in IDS.items():
+            kind = REGISTRY[name].selects
+            mine = policy == pid
+            if kind is None or not bool(mine.any()):
+                continue
+            if kind == "all":
+                end = (seq_lens - 1) // ps * ps
+            else:
+                end = torch.minimum(self.state.first_decode_page(rows) * ps, seq_lens)
+            ends = torch.where(mine, end, ends)
+        return ends if bool((ends > 0).any()) else None
+
+    def select(self, layer_id: int, q: torch.Tensor, sm_scale: float) -> torch.Tensor | None:
+        """keep [bs, n_max] bool: this layer's Quest selection for the selecting rows (the `limit` candidate pages
+        with the highest bound, max over heads; everything else of theirs is kept), all True for other rows.
+        q [bs, q_heads, d]. NOTE: a selecting row's candidate positions are table columns [0, cand_end), since
+        its pinned part starts at position 0 and is contiguous."""
+        table, ps = self.table, self.config.page_size
+        if table is None or table.cand_end is None:
+            return None
+        P = int(-(-int(table.cand_end.max()) // ps))
+        j = torch.arange(P, device=q.device)  # [P] candidate logical pages
+        ok = j[None, :] * ps < table.cand_end[:, None]  # [bs, P]
+        first = (j * ps).clamp(max=table.slots.shape[1] - 1)
+        phys = torch.where(ok, table.slots[:, first] // ps, torch.zeros_like(ok, dtype=torch.int64))  # [bs, P]
+        u = self.bounds.head_scores(layer_id, q, phys, sm_scale).amax(dim=1)  # [bs, P]
+        u = torch.where(ok, u, torch.full_like(u, float("-inf")))
+        order = u.argsort(dim=1, descending=True, stable=True)
+        rank = torch.empty_like(order)
+        rank.scatter_(1, order, torch.arange(P, device=q.device).expand_as(order).contiguous())
+        chosen = ok & (rank < self.state.limit[table.rows][:, None])  # [bs, P]
+        col_page = (table.pos // ps).clamp(max=max(P - 1, 0))  # [bs, n_max]
+        candidate = table.pos < table.cand_end[:, None]
+        return ~candidate | chosen.gather(1, col_page)
 
     def page_scores_begin(self, rows: torch.Tensor, req_to_token: torch.Tensor, quest: bool) -> None:
         """Prepare scoring of each row's resident decode pages for this forward: from exact attention mass

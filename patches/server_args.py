@@ -166,6 +166,8 @@ def unsupported(view) -> list[str]:
             f"attention backend {', '.join(sorted(backends - SUPPORTED_BACKENDS))}; use --attention-backend "
             + " or ".join(sorted(SUPPORTED_BACKENDS))
         )
+    if config_of(view).policy in cfg.SELECTING and backends - {"torch_native"}:
+        problems.append("Quest page selection on the triton/flashinfer backends; use --attention-backend torch_native")
     if config_of(view).score == "exact" and backends - {"torch_native"}:
         problems.append("--raas-score exact on the triton/flashinfer backends (their kernels give no attention "
                         "mass); use --raas-score quest or auto")

@@ -10,8 +10,10 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, NamedTuple
 
-POLICIES = ("dense", "raas", "streaming", "h2o")  # all but dense: budgeted (raas_sglang.policies.REGISTRY)
-EVICTING = frozenset({"raas", "streaming", "h2o"})  # policies whose decode KV is bounded (physically evicted)
+# all but dense: budgeted (raas_sglang.policies.REGISTRY)
+POLICIES = ("dense", "raas", "streaming", "h2o", "quest", "raas+quest")
+EVICTING = frozenset({"raas", "streaming", "h2o", "raas+quest"})  # decode KV bounded (physically evicted)
+SELECTING = frozenset({"quest", "raas+quest"})  # pick the pages attended per layer from Quest page key bounds
 DEFAULT_POLICY = "dense"
 DEFAULT_BUDGET_TOKENS = 2048
 DEFAULT_REFRESH_RATIO = 0.5
@@ -58,6 +60,11 @@ class RaasConfig:
     @property
     def enabled(self) -> bool:
         return self.policy != "dense"
+
+    @property
+    def keeps_bounds(self) -> bool:
+        """Whether the server maintains Quest page key bounds (so the selecting policies can run on it)."""
+        return self.policy in SELECTING or self.score == "quest"
 
     @property
     def budget_pages(self) -> int:
@@ -169,6 +176,11 @@ def request_overrides(custom_params: Mapping[str, Any] | None, server: RaasConfi
         raise ConfigError(
             f"custom_params.kv_policy: {policy!r} needs a server started with a budgeted --kv-policy "
             f"({', '.join(POLICIES[1:])}); this one is dense"
+        )
+    if policy in SELECTING and not server.keeps_bounds:
+        raise ConfigError(
+            f"custom_params.kv_policy: {policy!r} needs page key bounds, kept only by servers started with "
+            f"--kv-policy quest or raas+quest, or with --raas-score quest"
         )
     budget = params.get("raas_budget")
     if budget is None:

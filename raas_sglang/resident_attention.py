@@ -44,9 +44,13 @@ class ResidentDecode:
         torch.index_select(cache.reshape(-1, d), 0, self.gidx, out=out)
         return out.view(bs * h, n_max, d)
 
-    def __call__(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, sm_scale: float):
+    def __call__(
+        self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, sm_scale: float,
+        keep: torch.Tensor | None = None,
+    ):
         """Returns (out [bs, q_heads, dv] in q's dtype, probs [bs, q_heads, n_max] float32 = each head's
-        attention probability of each slot; 0 on padding)."""
+        attention probability of each slot; 0 on padding). `keep` [bs, n_max] bool: this layer attends only to
+        the slots it marks (Quest selection)."""
         bs, h, n_max = self.shape
         q_heads = q.shape[1]
         g = q_heads // h
@@ -55,6 +59,8 @@ class ResidentDecode:
         qf = q.reshape(bs * h, g, q.shape[-1]).to(k.dtype)
         logits = torch.bmm(qf, k.transpose(1, 2)).float().view(bs, q_heads, n_max)  # [bs, hq, n_max]
         logits.mul_(sm_scale).add_(self.bias)
+        if keep is not None:
+            logits.masked_fill_(~keep[:, None, :], float("-inf"))
         probs = torch.softmax(logits, dim=-1)  # [bs, hq, n_max]
         out = torch.bmm(probs.view(bs * h, g, n_max).to(v.dtype), v)  # [bs*h, g, dv]
         return out.view(bs, q_heads, -1).to(q.dtype), probs

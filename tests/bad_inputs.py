@@ -9,7 +9,7 @@ through `/v1/chat/completions` too, and the server must keep serving.
 from __future__ import annotations
 
 FLAGS = {
-    "unknown-policy": (["--kv-policy", "lru"], "--kv-policy: must be one of dense, raas, streaming, h2o"),
+    "unknown-policy": (["--kv-policy", "lru"], "--kv-policy: must be one of dense, raas, streaming, h2o, quest, raas+quest"),
     "budget-not-int": (["--kv-policy", "raas", "--raas-budget", "lots"], "--raas-budget: must be a positive integer"),
     "budget-zero": (["--kv-policy", "raas", "--raas-budget", "0"], "--raas-budget: must be a positive integer"),
     "budget-negative": (["--kv-policy", "raas", "--raas-budget=-64"], "--raas-budget: must be a positive integer"),
@@ -47,6 +47,10 @@ FLAGS = {
         ["--kv-policy", "raas", "--raas-score", "exact", "--attention-backend", "triton", "--max-total-tokens", "4096"],
         "--kv-policy raas does not support --raas-score exact on the triton/flashinfer backends",
     ),
+    "quest-on-triton": (
+        ["--kv-policy", "quest", "--attention-backend", "triton", "--max-total-tokens", "4096"],
+        "--kv-policy quest does not support Quest page selection on the triton/flashinfer backends",
+    ),
     "raas-with-hicache": (
         ["--kv-policy", "raas", "--enable-hierarchical-cache", "--max-total-tokens", "4096"],
         "--kv-policy raas does not support the hierarchical cache; drop --enable-hierarchical-cache",
@@ -68,6 +72,7 @@ REQUESTS = {
     "budget-bool": ({"raas_budget": True}, "custom_params.raas_budget: must be a positive integer"),
     "policy-unknown": ({"kv_policy": "lru"}, "custom_params.kv_policy: must be one of dense, raas"),
     "policy-not-string": ({"kv_policy": 3}, "custom_params.kv_policy: must be one of dense, raas"),
+    "quest-without-bounds": ({"kv_policy": "quest"}, "custom_params.kv_policy: 'quest' needs page key bounds"),
     "trace-not-bool": ({"raas_trace": "yes"}, "custom_params.raas_trace: must be true or false"),
     "trace-number": ({"raas_trace": 1}, "custom_params.raas_trace: must be true or false"),
 }

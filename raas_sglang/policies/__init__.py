@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from raas_sglang.policies.base import Policy
 from raas_sglang.policies.h2o import H2O
+from raas_sglang.policies.quest import Quest
 from raas_sglang.policies.raas import Raas
+from raas_sglang.policies.raas_quest import RaasQuest
 from raas_sglang.policies.streaming import Streaming
 
-REGISTRY: dict[str, Policy] = {p.name: p for p in (Raas(), Streaming(), H2O())}
+REGISTRY: dict[str, Policy] = {p.name: p for p in (Raas(), Streaming(), H2O(), Quest(), RaasQuest())}
 IDS: dict[str, int] = {name: i for i, name in enumerate(REGISTRY)}

@@ -5,7 +5,9 @@ A policy acts on the batched per-row state of `raas_sglang.core.RaasState`, for 
   with the lowest key (the core never offers the newest page, which holds the token being written);
 - `observe`: how one step's page scores (attention mass or Quest estimates, [n, L] aligned with `state.pages`)
   update the policy's per-page state;
-- `prompt_window`: which pinned prompt positions decode attends to, as `[0, a) + [b, pin_end)`.
+- `prompt_window`: which pinned prompt positions decode attends to, as `[0, a) + [b, pin_end)`;
+- `selects`: whether attention further picks, per layer, the budget's number of pages by Quest bound among all
+  the row's pages ("all") or its prompt pages ("prompt").
 
 NOTE: every policy evicts decode pages physically and keeps the prompt pages allocated (the radix tree shares
 them); a policy that does not attend to part of the prompt only leaves it out of the resident set.
@@ -25,6 +27,7 @@ EMPTY = -1  # a free slot in `RaasState.pages`
 
 class Policy:
     name = ""
+    selects: str | None = None  # Quest selection per layer: "all" pages, the "prompt" pages, or None (attend all kept)
 
     def victim_key(self, state: "RaasState", rows: torch.Tensor, pages: torch.Tensor) -> torch.Tensor:
         """rows [n] int64; pages [n, L] int64 (= state.pages[rows]). Returns [n, L] float64, lowest evicted

@@ -1,0 +1,103 @@
+"""The selecting policies: `quest` (nothing evicted; per layer, the budget's pages with the highest Quest bound)
+and `raas+quest` (RaaS decode pages; Quest selection over the prompt pages). Unit: the selection equals brute
+force. Server: memory and exactness where selection keeps everything."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import STRICT_ENV, serve
+from raas_helpers import bound, gen
+from raas_sglang.config import RaasConfig
+from raas_sglang.patches import attention, runtime
+
+PS = 4
+
+
+def _brute_bound(q, keys, sm_scale):
+    """max over query heads and keys of the Quest upper bound of one page: keys [t, kv_heads, d]."""
+    kv_heads, g = keys.shape[1], q.shape[0] // keys.shape[1]
+    lo, hi = keys.amin(0), keys.amax(0)  # [kv_heads, d]
+    best = -float("inf")
+    for h in range(q.shape[0]):
+        kvh = h // g
+        best = max(best, float(torch.maximum(q[h] * lo[kvh], q[h] * hi[kvh]).sum() * sm_scale))
+    return best
+
+
+def test_selection_is_top_k_by_quest_bound(monkeypatch):
+    from types import SimpleNamespace
+
+    from sglang.srt.model_executor.forward_batch_info import ForwardMode
+
+    torch.manual_seed(0)
+    L, slots, kvh, d = 3, 512, 2, 8
+    rt = runtime.Runtime(RaasConfig(policy="raas+quest", budget_tokens=L * PS, page_size=PS))
+    req_to_token = torch.arange(4 * 128, dtype=torch.int32).view(4, 128) + PS  # distinct live slots
+    rt.ensure_state(req_to_token)
+    keys = torch.randn(slots + PS, kvh, d)
+    pool = SimpleNamespace(get_key_buffer=lambda i: keys, layer_num=1, start_layer=0)
+    rt.ensure_bounds(pool)
+    rt.admit(0, "q", 0, "quest", L, False)
+    rt.admit(1, "rq", 30, "raas+quest", L, False)
+    rt.admit(2, "r", 30, "raas", L, False)
+    rows, seq = torch.tensor([0, 1, 2]), torch.tensor([50, 31, 31])
+    for r, s in zip(rows.tolist(), seq.tolist()):
+        rt.bounds.update(0, req_to_token[r, :s].to(torch.int64), keys[req_to_token[r, :s].long()])
+    rt.state.open_pages(rows[1:], torch.tensor([32, 32]) - 1)  # nothing opens below page 8: no-op
+    monkeypatch.setattr(runtime, "_RUNTIME", rt)
+    monkeypatch.setattr(runtime, "_LOADED", True)
+    backend = SimpleNamespace(token_to_kv_pool=pool, req_to_token_pool=SimpleNamespace(req_to_token=req_to_token))
+    batch = SimpleNamespace(forward_mode=ForwardMode.DECODE, req_pool_indices=rows, seq_lens=seq)
+    attention.begin_forward(backend, batch, exact=True, batched=True)
+    q = torch.randn(3, 4, d)
+    keep = rt.select(0, q, 0.5)
+    table = rt.table
+    for i, (r, s) in enumerate(zip(rows.tolist(), seq.tolist())):
+        n = int(table.n[i])
+        kept = sorted({int(p) // PS for p, k in zip(table.pos[i, :n].tolist(), keep[i, :n].tolist()) if k})
+        if r == 2:
+            assert kept == sorted({p // PS for p in range(s)})  # raas: attends all it holds
+            continue
+        cand_end = (s - 1) // PS * PS if r == 0 else 32  # quest: all but the newest page; raas+quest: the prompt
+        cands = list(range(cand_end // PS))
+        scores = {p: _brute_bound(q[i], keys[req_to_token[r, p * PS : min(p * PS + PS, s)].long()], 0.5) for p in cands}
+        top = sorted(cands, key=lambda p: (-scores[p], p))[:L]
+        rest = {p // PS for p in range(cand_end, s)}
+        assert kept == sorted(set(top) | rest)
+
+
+@pytest.fixture(scope="module")
+def server(model_dir, tmp_path_factory):
+    srv = serve(model_dir, "--kv-policy", "raas+quest", "--raas-budget", "256", tmp=tmp_path_factory.mktemp("quest"),
+                env=STRICT_ENV)
+    yield srv
+    srv.stop()
+
+
+PROMPT = [1] + list(range(30, 70))  # 41 tokens: prompt pages 0..2
+
+
+def test_quest_holds_everything_and_is_exact_with_a_large_budget(server):
+    dense = gen(server, PROMPT, 200, kv_policy="dense")
+    full = gen(server, PROMPT, 200, kv_policy="quest", raas_budget=256)  # 256 tokens = every page of 241
+    assert full["output_ids"] == dense["output_ids"]
+    small = gen(server, PROMPT, 200, kv_policy="quest", raas_budget=32)
+    meta = small["meta_info"]["raas"]
+    assert meta["policy"] == "quest" and meta["evicted_pages"] == 0
+    assert meta["peak_kv_tokens"] >= len(PROMPT) + 199  # O(N) memory: nothing is freed
+    assert small["output_ids"] != dense["output_ids"]  # attending to 2 pages + the newest changes the output
+
+
+def test_raas_quest_bounded_and_equals_raas_when_the_prompt_fits(server):
+    rq = gen(server, PROMPT, 300, kv_policy="raas+quest", raas_budget=48)
+    raas = gen(server, PROMPT, 300, kv_policy="raas", raas_budget=48)
+    assert rq["meta_info"]["raas"]["evicted_pages"] >= 10
+    assert rq["meta_info"]["raas"]["peak_kv_tokens"] <= bound(len(PROMPT), 48)
+    assert rq["output_ids"] == raas["output_ids"]  # 3 prompt pages <= 3 selected: the same attention
+    long_prompt = [1] + list(range(30, 130))  # 101 tokens: 7 prompt pages, 2 of them selected per layer
+    a = gen(server, long_prompt, 200, kv_policy="raas+quest", raas_budget=32)
+    b = gen(server, long_prompt, 200, kv_policy="raas", raas_budget=32)
+    assert a["meta_info"]["raas"]["peak_kv_tokens"] <= bound(len(long_prompt), 32)
+    assert a["output_ids"] != b["output_ids"]
