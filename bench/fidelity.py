@@ -18,11 +18,12 @@ from pathlib import Path
 
 from bench.common import leak_free, log, plot, raas_server, write_json
 from raas_sglang import toy_task
+from raas_sglang.config import SELECTING
 from raas_sglang.toy_reasoner import MODEL_DIR
 
 SEED = 11  # held-out: differs from the training seeds (>= 1000) and the training script's eval seed (7)
 FRACTIONS = (0.05, 0.125, 0.25, 0.5)
-POLICIES = ("raas", "streaming", "h2o")
+POLICIES = ("raas", "streaming", "h2o", "quest", "raas+quest")
 PAGE = 16
 
 
@@ -71,19 +72,27 @@ def main(argv=None) -> int:
     ap.add_argument("--model", type=Path, default=MODEL_DIR)
     ap.add_argument("--policies", default=",".join(POLICIES))
     ap.add_argument("--workers", type=int, default=34)
+    ap.add_argument("--fractions", default=",".join(map(str, FRACTIONS)), help="budgets as fractions of the mean trace")
+    ap.add_argument("--server-args", default="", help="extra server flags, e.g. '--raas-reduce max-mean'")
+    ap.add_argument("--no-dense", action="store_true", help="skip the dense cell (a study of one policy's variants)")
     args = ap.parse_args(argv)
     to_id, to_tok = vocab(args.model)
     probs = toy_task.problems(SEED, args.problems)
     mean_trace = statistics.mean(len(p.trace) + 1 for p in probs)  # + </s>
-    budgets = sorted({max(2, -(-int(f * mean_trace) // PAGE)) * PAGE for f in FRACTIONS})
+    fractions = [float(f) for f in args.fractions.split(",")]
+    budgets = sorted({max(2, -(-int(f * mean_trace) // PAGE)) * PAGE for f in fractions})
     pool = args.workers * (40 + 900 + 2 * PAGE) + 8192
     results: list[dict] = []
-    with raas_server(max(budgets), pool, model=args.model,
-                     extra=["--max-running-requests", str(args.workers), "--context-length", "1024"]) as server:
-        log(f"dense: {len(probs)} problems")
-        dense = run_cell(server, to_id, to_tok, probs, "dense", None, args.workers)
-        results += summarize("dense", None, dense)
-        log(f"  dense accuracy {results[-1]['accuracy']:.3f}")
+    extra = ["--max-running-requests", str(args.workers), "--context-length", "1024"]
+    if SELECTING & set(args.policies.split(",")):
+        extra += ["--kv-policy", "raas+quest"]  # keeps Quest page key bounds; every request names its policy
+    extra += args.server_args.split()
+    with raas_server(max(budgets), pool, model=args.model, extra=extra) as server:
+        if not args.no_dense:
+            log(f"dense: {len(probs)} problems")
+            dense = run_cell(server, to_id, to_tok, probs, "dense", None, args.workers)
+            results += summarize("dense", None, dense)
+            log(f"  dense accuracy {results[-1]['accuracy']:.3f}")
         for policy in args.policies.split(","):
             for budget in budgets:
                 log(f"{policy} budget {budget}: {len(probs)} problems")
@@ -93,6 +102,7 @@ def main(argv=None) -> int:
         free = leak_free(server)
     data = {
         "model": str(args.model.name),
+        "server_args": args.server_args,
         "tasks": list(toy_task.KINDS),
         "problems_per_cell": len(probs),
         "mean_trace_tokens": round(mean_trace, 1),
@@ -108,8 +118,10 @@ def main(argv=None) -> int:
         writer.writeheader()
         writer.writerows(results)
     pooled = [r for r in results if r["task"] == "all"]
-    dense_acc = next(r["accuracy"] for r in pooled if r["policy"] == "dense")
-    series = {"dense": (budgets, [dense_acc] * len(budgets))}
+    series = {}
+    if not args.no_dense:
+        dense_acc = next(r["accuracy"] for r in pooled if r["policy"] == "dense")
+        series["dense"] = (budgets, [dense_acc] * len(budgets))
     for policy in args.policies.split(","):
         series[policy] = (budgets, [r["accuracy"] for r in pooled if r["policy"] == policy])
     plot(out.with_suffix(".png"), f"toy reasoner accuracy (mean trace {mean_trace:.0f} tokens)",

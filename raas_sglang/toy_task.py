@@ -5,11 +5,12 @@ A problem is a prompt of ten variables, a fact Q, a step count N and a question;
 countdown from N to 0, one line of 6 characters per step, each line looking up one variable in the prompt:
 
     prompt:  a3b7c1d9e0f2g5h8i4j6Q5N097?F>
-    trace:   097h8 096g5 095f2 094e0 F2 093d9 ... 006g5 005f2 R7 004e0 ... 000a3 =F2
+    trace:   097h8 096g5 095f2 094e0 F0 093d9 ... 006g5 005f2 R2 004e0 ... 000a3 =F0
 
 - line `{c:03d}{L}{v} `: counter c, the letter L = letters[c % 10], v = the prompt's value of L;
 - milestone `F{x} ` after the 4th line (an early intermediate result) and `R{x} ` after the line with counter 005
-  (a recent one): x = (the two previous lines' values summed) mod 10;
+  (a recent one): x = the value the line just before looked up (a first trial summed the two previous values
+  mod 10; the 4-layer model did not learn that sum in 38 minutes, see models/toy-reasoner/README.md);
 - after line 000: `=`, the letter the question names, and its value: the answer.
 
 The three kinds, in equal thirds: `recent` asks for R (written ~30 tokens before the answer: a recent milestone),
@@ -50,10 +51,10 @@ def make(rng: random.Random, kind: str, steps: int) -> Problem:
         parts.append(f"{c:03d}{letter}{values[letter]} ")
         seen.append(values[letter])
         if len(seen) == 4:
-            milestones["F"] = (seen[-1] + seen[-2]) % 10
+            milestones["F"] = seen[-1]
             parts.append(f"F{milestones['F']} ")
         if c == 5:
-            milestones["R"] = (seen[-1] + seen[-2]) % 10
+            milestones["R"] = seen[-1]
             parts.append(f"R{milestones['R']} ")
     answer = str(milestones[marker])
     parts.append(f"={marker}{answer}")
