@@ -186,6 +186,12 @@ def request_overrides(custom_params: Mapping[str, Any] | None, server: RaasConfi
     if budget is None:
         pages = server.budget_pages
     else:
+        # NOTE: JSON integers past 64 bits reach us as floats (1e+40): still "too large", not "not an integer"
+        if isinstance(budget, float) and budget.is_integer() and budget > server.budget_tokens:
+            raise ConfigError(
+                f"custom_params.raas_budget: must be at most the server's --raas-budget ({server.budget_tokens} "
+                f"tokens), got {budget:.0f}"
+            )
         if isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
             raise ConfigError(f"custom_params.raas_budget: must be a positive integer number of tokens, got {budget!r}")
         if budget > server.budget_tokens:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from raas_sglang.config import ConfigError, RaasConfig, default_page_size, resolve
+from raas_sglang.config import ConfigError, RaasConfig, default_page_size, request_overrides, resolve
 
 
 def test_defaults_dense():
@@ -49,3 +49,12 @@ def test_bad_values_name_flag_and_allowed(given, page, flag, allowed):
         resolve(given, page)
     msg = str(err.value)
     assert msg.startswith(flag + ":") and allowed in msg and "\n" not in msg
+
+
+def test_request_budget_past_64_bits_is_too_large_not_a_type_error():
+    """JSON integers past 64 bits reach SGLang's custom_params as floats."""
+    server = resolve({"kv_policy": "raas", "raas_budget": 256}, 16)
+    with pytest.raises(ConfigError, match=r"custom_params.raas_budget: must be at most .*got 10000000000"):
+        request_overrides({"raas_budget": 1e40}, server)
+    with pytest.raises(ConfigError, match="must be a positive integer"):
+        request_overrides({"raas_budget": 64.0}, server)
