@@ -27,9 +27,17 @@ def raas_server(budget: int, max_total_tokens: int, page_size: int = 16, extra=(
     args = ["--kv-policy", "raas", "--raas-budget", str(budget), "--page-size", str(page_size),
             "--max-total-tokens", str(max_total_tokens), *extra]
     log(f"starting server: {' '.join(args)}")
-    # a benchmark stopped by SIGTERM (timeout, CI) unwinds its `with` block, which stops the server's group
+    # a benchmark stopped by SIGTERM (timeout, CI) unwinds its `with` block, which stops the server's group;
+    # once the server runs, the handler stops it first, so client threads blocked on requests fail at once
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    return start_server(model, args, env=STRICT_ENV)
+    server = start_server(model, args, env=STRICT_ENV)
+
+    def stop_then_exit(*_):
+        server.stop()
+        sys.exit(143)
+
+    signal.signal(signal.SIGTERM, stop_then_exit)
+    return server
 
 
 def generate(server: Server, ids: list[int], new_tokens: int, policy: str, **custom) -> dict:
