@@ -4,7 +4,7 @@ One server (tiny model, page 16, radix on, SGLang's strict busy/idle KV checks, 
 long decodes force retraction) started with `--kv-policy raas+quest`, so every policy can be asked for per
 request. Each request draws (fixed seed): a prompt of 1..2K tokens, often behind one of a few shared prefixes
 (radix hits); a policy (dense, raas, streaming, h2o, quest, raas+quest) and a budget from two pages up to the
-server's; 1..300 new tokens, or a long `ignore_eos` decode; a streamed request aborted by the client after a
+server's; 1..300 new tokens, or a long decode that ignores EOS; a streamed request aborted by the client after a
 random number of chunks; or a deliberate bad request from the bad-input table (it must get its 400).
 
 After draining and flushing the cache: every slot is free again (`leaked_slots`), the server log holds no
@@ -83,7 +83,12 @@ class Soak:
         plan["budget"] = rng.choice([None, rng.randrange(2, SERVER_BUDGET // 16 + 1) * 16])
         long = self.long_every and i % self.long_every == 0
         plan["new"] = rng.randint(*self.long_tokens) if long else rng.randint(1, self.max_new)
-        plan["ignore_eos"] = long or rng.random() < 0.5
+        # NOTE: SGLang 0.5.23 reserves an `ignore_eos` request's whole max_new_tokens at admission (ratio 1.0), so
+        # those never outgrow the pool. A long decode is sent with `min_new_tokens` = its length instead: EOS is
+        # masked just the same, but admission reserves it at the decaying new-token ratio, so it outgrows its
+        # reservation and SGLang retracts.
+        plan["long"] = bool(long)
+        plan["ignore_eos"] = not long and rng.random() < 0.5
         return plan
 
     def body(self, plan: dict, stream: bool = False) -> dict:
@@ -95,7 +100,7 @@ class Soak:
         return {
             "input_ids": plan["ids"],
             "sampling_params": {"max_new_tokens": plan["new"], "temperature": 0, "ignore_eos": plan["ignore_eos"],
-                                "custom_params": custom},
+                                "min_new_tokens": plan["new"] if plan.get("long") else 0, "custom_params": custom},
             "stream": stream,
         }
 
@@ -171,14 +176,18 @@ def main(argv=None) -> int:
     ap.add_argument("--requests", type=int, default=10000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=24)
-    ap.add_argument("--pool", type=int, default=12288, help="--max-total-tokens: small, so long decodes retract")
-    ap.add_argument("--long-every", type=int, default=40, help="every Nth request is a long ignore_eos decode")
-    ap.add_argument("--long-tokens", default="800,1500", help="range of a long decode's new tokens")
+    ap.add_argument("--pool", type=int, default=4096, help="--max-total-tokens: small, so long decodes retract")
+    ap.add_argument("--long-every", type=int, default=30, help="every Nth request is a long decode (EOS masked by min_new_tokens)")
+    ap.add_argument("--long-tokens", default="1000,2000", help="range of a long decode's new tokens")
     ap.add_argument("--max-new", type=int, default=300, help="new tokens of the other requests: 1..this")
+    ap.add_argument("--conservativeness", type=float, default=0.3,
+                    help="--schedule-conservativeness: below 1 admits optimistically, so decodes outgrow the pool "
+                         "and SGLang retracts")
     args = ap.parse_args(argv)
     server_args = ["--kv-policy", "raas+quest", "--raas-budget", str(SERVER_BUDGET), "--page-size", "16",
                    "--max-total-tokens", str(args.pool), "--max-running-requests", str(args.workers),
-                   "--context-length", "4096"]
+                   "--context-length", "4096",
+                   "--schedule-conservativeness", str(args.conservativeness)]
     log(f"starting server: {' '.join(server_args)}")
     env = {k: v for k, v in STRICT_KV_CHECKS.items() if "STRICT_MEM_CHECK" in k}
     t0 = time.monotonic()

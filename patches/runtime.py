@@ -111,6 +111,7 @@ class Runtime:
                 budget_pages=self.config.budget_pages,
                 page_size=self.config.page_size,
                 device=req_to_token.device,
+                reserve=self.config.reserve,
             )
         return self.state
 
@@ -398,7 +399,8 @@ class Runtime:
     def page_scores_end(self) -> None:
         """After the last layer: refresh stamps and advance the rows' steps."""
         rows, _, _ = self.scoring
-        self.state.observe(rows, self.acc, self.config.refresh_ratio)
+        threshold = self.config.refresh_threshold or None
+        self.state.observe(rows, self.acc, self.config.refresh_ratio, threshold)
         self.scoring = None
         self.acc = None
 

@@ -3,7 +3,7 @@
 Upstream symbols hooked (sglang 0.5.23, `sglang/srt/server_args.py`, `sglang/srt/entrypoints/engine.py`):
 
 - `ServerArgs.add_cli_args` (staticmethod), AFTER: adds `--kv-policy`, `--raas-budget`,
-  `--raas-refresh-ratio`, `--raas-score`, `--raas-reduce` to the stock parser, so `python -m sglang.launch_server --help` lists them.
+  `--raas-refresh-ratio`, `--raas-refresh-threshold`, `--raas-score`, `--raas-reduce`, `--raas-reserve` to the stock parser, so `python -m sglang.launch_server --help` lists them.
 - `ServerArgs.from_cli_args` (classmethod), AROUND: `from_cli_args` copies only declared fields, so our values
   would be dropped; the hook validates them, defaults the page size to 16 under RaaS, and stores the resolved
   `RaasConfig` on the record as `_raas_config`. Attributes named `_...` may be set at any time and are pickled
@@ -66,6 +66,14 @@ def add_cli_args(result: Any, parser: argparse.ArgumentParser) -> Any:
         f"refreshed each step (top by score). Default {cfg.DEFAULT_REFRESH_RATIO}. Only with --kv-policy raas.",
     )
     group.add_argument(
+        "--raas-refresh-threshold",
+        type=str,
+        default=None,
+        metavar="MULTIPLE",
+        help="A refreshed page must also get at least MULTIPLE times the mean score of the request's resident "
+        f"decode pages; 0 = no threshold. Default {cfg.DEFAULT_REFRESH_THRESHOLD}. Only with --kv-policy raas.",
+    )
+    group.add_argument(
         "--raas-score",
         type=str,
         default=None,
@@ -81,6 +89,15 @@ def add_cli_args(result: Any, parser: argparse.ArgumentParser) -> Any:
         metavar="{" + ",".join(cfg.REDUCES) + "}",
         help="How a page's per-head and per-layer scores combine (HEADS-LAYERS), before the top "
         f"--raas-refresh-ratio pages are refreshed. Default {cfg.DEFAULT_REDUCE}. Only with --kv-policy raas.",
+    )
+    group.add_argument(
+        "--raas-reserve",
+        type=str,
+        default=None,
+        metavar="FRACTION",
+        help="Fraction in [0, 1) of a raas request's page limit kept for the decode pages with the highest "
+        "accumulated score (heavy hitters), which the 'last attended' rule then never evicts; 0 is the paper's "
+        f"rule alone. Default {cfg.DEFAULT_RESERVE}. Only with --kv-policy raas.",
     )
     return result
 

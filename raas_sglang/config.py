@@ -16,7 +16,15 @@ EVICTING = frozenset({"raas", "streaming", "h2o", "raas+quest"})  # decode KV bo
 SELECTING = frozenset({"quest", "raas+quest"})  # pick the pages attended per layer from Quest page key bounds
 DEFAULT_POLICY = "dense"
 DEFAULT_BUDGET_TOKENS = 2048
-DEFAULT_REFRESH_RATIO = 0.5
+# The stamp refresh rule: a page counts as attended this step if it is among the top `ratio` of the row's resident
+# decode pages by score AND gets at least `threshold` times their mean score. The paper's rule is ratio 0.5,
+# threshold 0, reserve 0; the defaults were chosen from `python -m bench.score_study --study refresh` on the toy
+# reasoner (docs/results/refresh_study.md): the paper's rule 0.68 at a 25% budget, these defaults 0.99.
+DEFAULT_REFRESH_RATIO = 1.0
+DEFAULT_REFRESH_THRESHOLD = 0.25
+# the fraction of a raas request's page limit kept for the decode pages with the highest accumulated score
+# ("heavy hitters"), protected from the stamp rule; 0 = the paper's rule alone
+DEFAULT_RESERVE = 0.25
 RAAS_DEFAULT_PAGE_SIZE = 16  # the paper's page size; used when --page-size is not given
 MIN_BUDGET_PAGES = 2  # with one page the only candidate victim is the page being written
 # how pages are scored: "exact" = attention mass from the decode pass (torch_native computes it), "quest" =
@@ -34,8 +42,11 @@ FLAGS = {
     "--raas-refresh-ratio": "raas_refresh_ratio",
     "--raas-score": "raas_score",
     "--raas-reduce": "raas_reduce",
+    "--raas-reserve": "raas_reserve",
+    "--raas-refresh-threshold": "raas_refresh_threshold",
 }
-RAAS_ONLY_FLAGS = ("--raas-budget", "--raas-refresh-ratio", "--raas-score", "--raas-reduce")
+RAAS_ONLY_FLAGS = ("--raas-budget", "--raas-refresh-ratio", "--raas-refresh-threshold", "--raas-score",
+                   "--raas-reduce", "--raas-reserve")
 
 
 class ConfigError(ValueError):
@@ -56,6 +67,8 @@ class RaasConfig:
     page_size: int = 1
     score: str = DEFAULT_SCORE
     reduce: str = DEFAULT_REDUCE
+    reserve: float = DEFAULT_RESERVE
+    refresh_threshold: float = DEFAULT_REFRESH_THRESHOLD
 
     @property
     def enabled(self) -> bool:
@@ -93,6 +106,28 @@ def _ratio(flag: str, value: Any) -> float:
     if isinstance(value, bool) or not (0.0 < ratio <= 1.0) or math.isnan(ratio):
         raise ConfigError(f"{flag}: must be a number in (0, 1], got {value!r}")
     return ratio
+
+
+def _fraction(flag: str, value: Any) -> float:
+    """A number in [0, 1)."""
+    try:
+        frac = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{flag}: must be a number in [0, 1), got {value!r}") from None
+    if isinstance(value, bool) or not (0.0 <= frac < 1.0) or math.isnan(frac):
+        raise ConfigError(f"{flag}: must be a number in [0, 1), got {value!r}")
+    return frac
+
+
+def _multiple(flag: str, value: Any) -> float:
+    """A finite number >= 0."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{flag}: must be a finite number >= 0, got {value!r}") from None
+    if isinstance(value, bool) or not (0.0 <= x < math.inf):
+        raise ConfigError(f"{flag}: must be a finite number >= 0, got {value!r}")
+    return x
 
 
 def budget_tokens_for(flag: str, value: Any, page_size: int) -> int:
@@ -139,6 +174,8 @@ def resolve(given: Mapping[str, Any], page_size: int) -> RaasConfig:
     reduce = given.get("raas_reduce") or DEFAULT_REDUCE
     if reduce not in REDUCES:
         raise ConfigError(f"--raas-reduce: must be one of {', '.join(REDUCES)}, got {reduce!r}")
+    reserve = given.get("raas_reserve")
+    threshold = given.get("raas_refresh_threshold")
     return RaasConfig(
         policy=policy,
         budget_tokens=budget_tokens_for(
@@ -148,6 +185,10 @@ def resolve(given: Mapping[str, Any], page_size: int) -> RaasConfig:
         page_size=page_size,
         score=score,
         reduce=reduce,
+        reserve=_fraction("--raas-reserve", DEFAULT_RESERVE if reserve is None else reserve),
+        refresh_threshold=_multiple(
+            "--raas-refresh-threshold", DEFAULT_REFRESH_THRESHOLD if threshold is None else threshold
+        ),
     )
 
 

@@ -37,7 +37,7 @@ class RaasState:
 
     pages   [rows, L] int64  logical page index of each resident decode page (EMPTY = free slot)
     stamp   [rows, L] int64  decode step of the page's last hit (raas; meaningless where pages == EMPTY)
-    score   [rows, L] float32 score accumulated while resident (h2o)
+    score   [rows, L] float32 score accumulated while resident (h2o; raas's heavy-hitter reserve)
     policy  [rows]    int64  the row's policy id (`policies.IDS`)
     count   [rows]    int64  resident decode pages
     pin_len [rows]    int64  tokens [0, pin_len) are pinned
@@ -45,10 +45,15 @@ class RaasState:
     evicted [rows]    int64  pages evicted from the row since admit
     """
 
-    def __init__(self, num_rows: int, budget_pages: int, page_size: int, device: str | torch.device = "cpu"):
+    def __init__(
+        self, num_rows: int, budget_pages: int, page_size: int, device: str | torch.device = "cpu", reserve: float = 0.0
+    ):
         if budget_pages < 2:
             raise ValueError(f"budget_pages must be >= 2, got {budget_pages}")
+        if not 0.0 <= reserve < 1.0:
+            raise ValueError(f"reserve must be in [0, 1), got {reserve}")
         self.L = budget_pages
+        self.reserve = reserve  # raas: fraction of a row's limit kept for its top pages by accumulated score
         self.page_size = page_size
         self.device = torch.device(device)
         z = dict(dtype=torch.int64, device=self.device)
@@ -165,28 +170,36 @@ class RaasState:
                 REGISTRY[name].observe(self, rows[mine], scores[mine], ratio, threshold)
         self.step[rows] += 1
 
+    def rank_desc(self, pages: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """[n, L] int64: each slot's rank by (score desc, page asc) among its row's resident pages (0 = best);
+        EMPTY slots rank last. pages [n, L] int64; scores [n, L] float."""
+        valid = pages != EMPTY
+        s = torch.where(valid, scores, torch.full_like(scores, torch.finfo(scores.dtype).min))
+        # stable sort by page first, then by score
+        by_page = torch.where(valid, pages, torch.full_like(pages, torch.iinfo(torch.int64).max)).argsort(
+            dim=1, stable=True
+        )
+        by_score = s.gather(1, by_page).argsort(dim=1, descending=True, stable=True)
+        order = by_page.gather(1, by_score)  # slot indices, best first, [n, L]
+        rank = torch.empty_like(order)
+        rank.scatter_(1, order, torch.arange(pages.shape[1], device=pages.device).expand_as(order).contiguous())
+        return rank
+
     def refresh_top(
         self, rows: torch.Tensor, scores: torch.Tensor, ratio: float, threshold: float | None = None
     ) -> torch.Tensor:
         """RaaS's stamp refresh: the top `ceil(ratio * count)` resident pages of each row by score (ties to the
-        lowest page) get stamp = the row's current step; with `threshold`, a page must also score >= threshold.
-        rows [n] int64; scores [n, L] float (ignored where a slot is EMPTY). Returns the refreshed mask [n, L]."""
+        lowest page) get stamp = the row's current step; with `threshold`, a page must also score at least
+        `threshold` times the mean score of the row's resident pages (scale-free: any score reduction, any count).
+        rows [n] int64; scores [n, L] float >= 0 (ignored where a slot is EMPTY). Returns the refreshed mask [n, L]."""
         pages = self.pages[rows]  # [n, L]
         valid = pages != EMPTY
-        neg = torch.finfo(scores.dtype).min
-        s = torch.where(valid, scores, torch.full_like(scores, neg))
-        # rank by (score desc, page asc): stable sort by page first, then by score
-        big = torch.iinfo(torch.int64).max
-        by_page = torch.where(valid, pages, torch.full_like(pages, big)).argsort(dim=1, stable=True)
-        s_sorted = s.gather(1, by_page)
-        by_score = s_sorted.argsort(dim=1, descending=True, stable=True)
-        order = by_page.gather(1, by_score)  # slot indices, best first, [n, L]
-        rank = torch.empty_like(order)
-        rank.scatter_(1, order, torch.arange(self.L, device=self.device).expand_as(order).contiguous())
+        rank = self.rank_desc(pages, scores)  # [n, L]
         k = torch.ceil(self.count[rows].to(torch.float64) * ratio).to(torch.int64)  # [n]
         hit = valid & (rank < k[:, None])
         if threshold is not None:
-            hit &= scores >= threshold
+            total = torch.where(valid, scores, torch.zeros_like(scores)).sum(dim=1, keepdim=True)  # [n, 1]
+            hit &= scores * self.count[rows][:, None] >= threshold * total
         step = self.step[rows][:, None].expand_as(pages)
         self.stamp[rows] = torch.where(hit, step, self.stamp[rows])
         return hit

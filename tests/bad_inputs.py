@@ -38,6 +38,7 @@ FLAGS = {
         ["--kv-policy", "raas", "--raas-reduce", "sum"],
         "--raas-reduce: must be one of mean-mean, max-mean, mean-max, max-max",
     ),
+    "reserve-one": (["--kv-policy", "raas", "--raas-reserve", "1"], "--raas-reserve: must be a number in [0, 1)"),
     # combinations RaaS does not support yet: refused after resolution, before any child process starts
     "raas-with-fa3": (
         ["--kv-policy", "raas", "--attention-backend", "fa3", "--max-total-tokens", "4096"],

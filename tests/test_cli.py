@@ -39,7 +39,8 @@ def refusals(model_dir):
 def test_help_lists_raas_flags():
     out = _run(["--help"])
     assert out.returncode == 0, out.stderr[-2000:]
-    for flag in ("--kv-policy {dense,raas,streaming,h2o,quest,raas+quest}", "--raas-budget", "--raas-refresh-ratio", "--raas-score", "--raas-reduce"):
+    for flag in ("--kv-policy {dense,raas,streaming,h2o,quest,raas+quest}", "--raas-budget", "--raas-refresh-ratio", "--raas-score", "--raas-reduce",
+                 "--raas-reserve"):
         assert flag in out.stdout, f"{flag} missing from --help: the raas plugin did not load"
 
 

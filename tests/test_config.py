@@ -12,11 +12,14 @@ def test_defaults_dense():
 
 def test_raas_defaults_and_rounding():
     c = resolve({"kv_policy": "raas"}, 16)
-    assert (c.budget_tokens, c.budget_pages, c.refresh_ratio) == (2048, 128, 0.5)
+    assert (c.budget_tokens, c.budget_pages, c.refresh_ratio) == (2048, 128, 1.0)
+    assert (c.refresh_threshold, c.reserve) == (0.25, 0.25)
     c = resolve({"kv_policy": "raas", "raas_budget": "33", "raas_refresh_ratio": "1"}, 16)
     assert (c.budget_tokens, c.budget_pages, c.refresh_ratio) == (48, 3, 1.0)
     assert resolve({"kv_policy": "raas", "raas_budget": 2}, 1).budget_tokens == 2
     assert resolve({"kv_policy": "raas", "raas_budget": 65}, 64).budget_pages == 2
+    assert resolve({"kv_policy": "raas", "raas_reserve": "0.25"}, 16).reserve == 0.25
+    assert resolve({"kv_policy": "raas", "raas_reserve": "0"}, 16).reserve == 0.0
 
 
 def test_page_size_default_is_16_for_raas_only():
@@ -42,6 +45,11 @@ def test_page_size_default_is_16_for_raas_only():
         ({"kv_policy": "raas", "raas_refresh_ratio": "half"}, 16, "--raas-refresh-ratio", "(0, 1]"),
         ({"kv_policy": "dense", "raas_budget": "64"}, 1, "--raas-budget", "only allowed with --kv-policy raas"),
         ({"raas_refresh_ratio": "0.3"}, 1, "--raas-refresh-ratio", "only allowed with --kv-policy raas"),
+        ({"kv_policy": "raas", "raas_reserve": "-0.1"}, 16, "--raas-reserve", "[0, 1)"),
+        ({"kv_policy": "raas", "raas_refresh_threshold": "-1"}, 16, "--raas-refresh-threshold", ">= 0"),
+        ({"kv_policy": "raas", "raas_refresh_threshold": "inf"}, 16, "--raas-refresh-threshold", ">= 0"),
+        ({"kv_policy": "raas", "raas_reserve": "1"}, 16, "--raas-reserve", "[0, 1)"),
+        ({"kv_policy": "raas", "raas_reserve": "some"}, 16, "--raas-reserve", "[0, 1)"),
     ],
 )
 def test_bad_values_name_flag_and_allowed(given, page, flag, allowed):
