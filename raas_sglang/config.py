@@ -98,36 +98,27 @@ def _positive_int(flag: str, value: Any) -> int:
     return value
 
 
-def _ratio(flag: str, value: Any) -> float:
-    try:
-        ratio = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{flag}: must be a number in (0, 1], got {value!r}") from None
-    if isinstance(value, bool) or not (0.0 < ratio <= 1.0) or math.isnan(ratio):
-        raise ConfigError(f"{flag}: must be a number in (0, 1], got {value!r}")
-    return ratio
-
-
-def _fraction(flag: str, value: Any) -> float:
-    """A number in [0, 1)."""
-    try:
-        frac = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{flag}: must be a number in [0, 1), got {value!r}") from None
-    if isinstance(value, bool) or not (0.0 <= frac < 1.0) or math.isnan(frac):
-        raise ConfigError(f"{flag}: must be a number in [0, 1), got {value!r}")
-    return frac
-
-
-def _multiple(flag: str, value: Any) -> float:
-    """A finite number >= 0."""
+def _number(flag: str, value: Any, allowed: str, ok) -> float:
+    """`value` as a float for which `ok(x)` holds (NaN never does), else one line naming `flag` and `allowed`."""
     try:
         x = float(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{flag}: must be a finite number >= 0, got {value!r}") from None
-    if isinstance(value, bool) or not (0.0 <= x < math.inf):
-        raise ConfigError(f"{flag}: must be a finite number >= 0, got {value!r}")
+        x = math.nan
+    if isinstance(value, bool) or math.isnan(x) or not ok(x):
+        raise ConfigError(f"{flag}: must be {allowed}, got {value!r}")
     return x
+
+
+def _ratio(flag: str, value: Any) -> float:
+    return _number(flag, value, "a number in (0, 1]", lambda x: 0.0 < x <= 1.0)
+
+
+def _fraction(flag: str, value: Any) -> float:
+    return _number(flag, value, "a number in [0, 1)", lambda x: 0.0 <= x < 1.0)
+
+
+def _multiple(flag: str, value: Any) -> float:
+    return _number(flag, value, "a finite number >= 0", lambda x: 0.0 <= x < math.inf)
 
 
 def budget_tokens_for(flag: str, value: Any, page_size: int) -> int:
