@@ -109,6 +109,8 @@ class RaasState:
         rows [n] int64, positions [n] int64 (logical position of the token about to be written)
         """
         need = self.opens_page(rows, positions) & (self.count[rows] >= self.limit[rows])  # [n] bool
+        if not bool(need.any()):  # most steps: no row opens a page at its limit
+            return Victims(rows, torch.full_like(rows, EMPTY))
         pages = self.pages[rows]  # [n, L]
         valid = pages != EMPTY
         newest = pages.max(dim=1, keepdim=True).values  # [n, 1]
