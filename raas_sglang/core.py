@@ -90,6 +90,13 @@ class RaasState:
         self.evicted[row] = 0
         self.limit[row] = self.L
 
+    def policies_in(self, rows: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+        """(policy name, mask [n] bool) for each policy that some of `rows` run. One host sync for the whole
+        batch (a count per policy id), not one per policy."""
+        policy = self.policy[rows]  # [n] int64
+        counts = torch.bincount(policy, minlength=len(IDS)).tolist()
+        return [(name, policy == pid) for name, pid in IDS.items() if counts[pid]]
+
     def first_decode_page(self, rows: torch.Tensor) -> torch.Tensor:
         """[n] int64: ceil(pin_len / page_size) for each row."""
         return (self.pin_len[rows] + self.page_size - 1) // self.page_size
@@ -117,11 +124,8 @@ class RaasState:
         candidate = valid & (pages != newest)
         inf = float("inf")
         key = torch.full(pages.shape, inf, dtype=torch.float64, device=self.device)  # [n, L]
-        policy = self.policy[rows]
-        for name, pid in IDS.items():
-            mine = policy == pid
-            if bool(mine.any()):
-                key = torch.where(mine[:, None], REGISTRY[name].victim_key(self, rows, pages), key)
+        for name, mine in self.policies_in(rows):
+            key = torch.where(mine[:, None], REGISTRY[name].victim_key(self, rows, pages), key)
         key = torch.where(candidate, key, torch.full_like(key, inf))
         best, slot = key.min(dim=1)  # [n]
         chosen = pages.gather(1, slot[:, None]).squeeze(1)  # [n]
@@ -165,11 +169,8 @@ class RaasState:
         """One step's page scores for `rows`: each row's policy updates its per-page state; then every row's
         step advances. rows [n] int64; scores [n, L] float, aligned with `self.pages[rows]`. `ratio` and
         `threshold`: RaaS's refresh rule (`refresh_top`)."""
-        policy = self.policy[rows]
-        for name, pid in IDS.items():
-            mine = policy == pid
-            if bool(mine.any()):
-                REGISTRY[name].observe(self, rows[mine], scores[mine], ratio, threshold)
+        for name, mine in self.policies_in(rows):
+            REGISTRY[name].observe(self, rows[mine], scores[mine], ratio, threshold)
         self.step[rows] += 1
 
     def rank_desc(self, pages: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
@@ -210,12 +211,9 @@ class RaasState:
         """(a, b) [n] int64: each row attends to pinned positions [0, a) and [b, pin_end) (its policy's choice;
         the whole prompt unless the policy says otherwise)."""
         a, b = pin_end, pin_end
-        policy = self.policy[rows]
-        for name, pid in IDS.items():
-            mine = policy == pid
-            if bool(mine.any()):
-                pa, pb = REGISTRY[name].prompt_window(self, rows, pin_end, seq_lens)
-                a, b = torch.where(mine, pa, a), torch.where(mine, pb, b)
+        for name, mine in self.policies_in(rows):
+            pa, pb = REGISTRY[name].prompt_window(self, rows, pin_end, seq_lens)
+            a, b = torch.where(mine, pa, a), torch.where(mine, pb, b)
         return a, b
 
     # -- queries -------------------------------------------------------------------------------------------------
