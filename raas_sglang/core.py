@@ -173,6 +173,11 @@ class RaasState:
             REGISTRY[name].observe(self, rows[mine], scores[mine], ratio, threshold)
         self.step[rows] += 1
 
+    def accumulate(self, rows: torch.Tensor, scores: torch.Tensor) -> None:
+        """Add one step's scores [n, L] to `score` of the resident pages of `rows` [n]."""
+        valid = self.pages[rows] != EMPTY
+        self.score[rows] += torch.where(valid, scores, torch.zeros_like(scores))
+
     def rank_desc(self, pages: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """[n, L] int64: each slot's rank by (score desc, page asc) among its row's resident pages (0 = best);
         EMPTY slots rank last. pages [n, L] int64; scores [n, L] float."""
@@ -197,9 +202,12 @@ class RaasState:
         rows [n] int64; scores [n, L] float >= 0 (ignored where a slot is EMPTY). Returns the refreshed mask [n, L]."""
         pages = self.pages[rows]  # [n, L]
         valid = pages != EMPTY
-        rank = self.rank_desc(pages, scores)  # [n, L]
-        k = torch.ceil(self.count[rows].to(torch.float64) * ratio).to(torch.int64)  # [n]
-        hit = valid & (rank < k[:, None])
+        if ratio >= 1.0:  # every resident page is in the top: no ranking needed
+            hit = valid
+        else:
+            rank = self.rank_desc(pages, scores)  # [n, L]
+            k = torch.ceil(self.count[rows].to(torch.float64) * ratio).to(torch.int64)  # [n]
+            hit = valid & (rank < k[:, None])
         if threshold is not None:
             total = torch.where(valid, scores, torch.zeros_like(scores)).sum(dim=1, keepdim=True)  # [n, 1]
             hit &= scores * self.count[rows][:, None] >= threshold * total

@@ -21,5 +21,4 @@ class H2O(Policy):
         return torch.where(recent, torch.full_like(key, float("inf")), key)
 
     def observe(self, state, rows, scores, ratio, threshold):
-        valid = state.pages[rows] != EMPTY
-        state.score[rows] += torch.where(valid, scores, torch.zeros_like(scores))
+        state.accumulate(rows, scores)

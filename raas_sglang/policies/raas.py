@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from raas_sglang.policies.base import EMPTY, Policy
+from raas_sglang.policies.base import Policy
 
 KEY_SHIFT = float(1 << 31)  # key = stamp * 2^31 + page: oldest stamp first, then lowest page
 
@@ -32,5 +32,4 @@ class Raas(Policy):
     def observe(self, state, rows, scores, ratio, threshold):
         state.refresh_top(rows, scores, ratio, threshold)
         if state.reserve > 0.0:
-            valid = state.pages[rows] != EMPTY
-            state.score[rows] += torch.where(valid, scores, torch.zeros_like(scores))
+            state.accumulate(rows, scores)
