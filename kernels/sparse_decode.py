@@ -1,131 +1,290 @@
-"""Kernel (c): decode attention over a compacted per-request list of resident KV slots, also emitting each
-resident page's attention mass (exact page scores from the attention pass, no extra KV read), with a torch
-reference.
+"""Kernel (c): decode attention over each request's resident pages, read straight from the RaaS state, also
+emitting each resident decode page's attention mass (the exact page score comes with the attention pass: no
+extra KV read), with a torch reference.
 
-Inputs (SGLang's ragged layout):
-  q          [bs, q_heads, head_dim]          this step's queries (RoPE applied)
-  k_buf      [num_slots, kv_heads, head_dim]  the KV pool of one layer; v_buf likewise
-  kv_indptr  [bs + 1] int64                   row b attends to kv_indices[kv_indptr[b]:kv_indptr[b+1]]
-  kv_indices [nnz] int64                      resident KV slots, ascending logical position, page by page
+No index list is built and nothing is synced to the host: the kernel walks a *virtual* page list per row,
+  entry e <  n_pin               -> logical page e                 (pinned prompt pages)
+  entry e =  n_pin + j, j < L    -> logical page pages[row, j]     (resident decode page j; EMPTY (< 0) = skip)
+with n_pin = min(ceil(pin_len[row] / ps), ceil(seq_len / ps)); token t of logical page p is position p*ps + t
+(read only if < seq_len) in KV slot req_to_token[row, p*ps + t]. Every shape is fixed by the batch size, the
+head counts and L, so a step can be captured in a CUDA graph with buffers sized by the server's budget.
+
+Inputs (SGLang's and RaasState's tensors, as they are):
+  q            [bs, q_heads, head_dim]            this step's queries (RoPE applied)
+  k_buf, v_buf [num_slots, kv_heads, head_dim]    one layer's KV pool
+  req_to_token [num_rows, max_ctx] int32/int64    ReqToTokenPool.req_to_token
+  rows         [bs] int64                         request-pool rows of the batch
+  seq_lens     [bs] int64                         tokens per row, the one written this step included
+  pin_len      [num_rows] int64                   RaasState.pin_len (tokens [0, pin_len) pinned)
+  pages        [num_rows, L] int64                RaasState.pages (logical decode pages, EMPTY = -1)
 Outputs:
-  out        [bs, q_heads, head_dim]          softmax(q K^T * sm_scale) V over the resident slots
-  page_mass  [bs, max_pages] float32          mean over query heads of the probability mass of each resident
-                                              page; page j of row b = its list entries [j*ps, (j+1)*ps)
-NOTE: the resident list of a row is whole pages except possibly the last one (pinned prompt pages, resident
-decode pages, the partial page being written), so list index // page_size is the page ordinal.
+  out          [bs, q_heads, head_dim]            softmax(q K^T * sm_scale) V over the resident tokens
+  mass         [bs, L] float32                    per decode slot j: the probability mass of page pages[row, j],
+                                                  reduced over query heads (mean or max); 0 for EMPTY slots.
+                                                  `accumulate=True` adds to `mass` (the fold over layers).
 
-Kernel A (grid bs x q_heads) runs the online-softmax decode and saves each logit and the row's (max, sum);
-kernel B (grid bs x max_pages) turns saved logits into page mass — it reads logits, never K or V.
+Kernel A (grid bs x kv_heads x splits) runs flash-decoding over a split of the virtual list for the whole GQA
+group at once (one K/V read per KV head, tensor-core dots), and saves per split (max, sum, acc) and, per decode
+page, its probability sum relative to the running max at that page. Kernel B (grid bs x (q_heads + page
+blocks)) merges the splits into `out` and turns the page sums into `mass`.
+NOTE: page size must be a power of two; a tile (BLOCK_N tokens) holds whole pages (BLOCK_N >= page size), so
+split and tile boundaries are page boundaries.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
+EMPTY = -1
 
-def sparse_decode_ref(q, k_buf, v_buf, kv_indptr, kv_indices, sm_scale: float, page_size: int):
+
+def resident_positions(seq_len: int, pin_len: int, pages_row: torch.Tensor, page_size: int):
+    """(positions [n] int64, slot_of [n] int64): the logical positions a row attends, and for each the decode
+    slot j whose page holds it (-1 for pinned positions). The definition shared by the reference and tests."""
+    ps = page_size
+    n_pin = min(-(-pin_len // ps), -(-seq_len // ps))
+    pos = [torch.arange(n_pin * ps)]
+    slot = [torch.full((n_pin * ps,), -1, dtype=torch.int64)]
+    for j, p in enumerate(pages_row.tolist()):
+        if p >= 0:
+            pos.append(torch.arange(p * ps, (p + 1) * ps))
+            slot.append(torch.full((ps,), j, dtype=torch.int64))
+    pos, slot = torch.cat(pos), torch.cat(slot)
+    keep = pos < seq_len
+    return pos[keep], slot[keep]
+
+
+def sparse_decode_ref(q, k_buf, v_buf, req_to_token, rows, seq_lens, pin_len, pages, sm_scale: float,
+                      page_size: int, heads_reduce: str = "mean"):
+    """(out [bs, q_heads, d] float32, mass [bs, L] float32), computed row by row in float32."""
     bs, q_heads, d = q.shape
-    kv_heads = k_buf.shape[1]
-    g = q_heads // kv_heads
-    lens = (kv_indptr[1:] - kv_indptr[:-1]).tolist()
-    max_pages = max([-(-n // page_size) for n in lens] + [0])
-    out = torch.zeros_like(q, dtype=torch.float32)
-    mass = torch.zeros((bs, max_pages), dtype=torch.float32, device=q.device)
+    g = q_heads // k_buf.shape[1]
+    L = pages.shape[1]
+    out = torch.zeros((bs, q_heads, d), dtype=torch.float32, device=q.device)
+    mass = torch.zeros((bs, L), dtype=torch.float32, device=q.device)
     for b in range(bs):
-        idx = kv_indices[kv_indptr[b] : kv_indptr[b + 1]]
-        if idx.numel() == 0:
-            continue
+        row = int(rows[b])
+        pos, slot_of = resident_positions(int(seq_lens[b]), int(pin_len[row]), pages[row].cpu(), page_size)
+        idx = req_to_token[row, pos.to(req_to_token.device)].long()
         k = k_buf[idx].float().repeat_interleave(g, dim=1)  # [n, q_heads, d]
         v = v_buf[idx].float().repeat_interleave(g, dim=1)
         p = torch.softmax(torch.einsum("hd,nhd->hn", q[b].float(), k) * sm_scale, dim=-1)  # [q_heads, n]
         out[b] = torch.einsum("hn,nhd->hd", p, v)
-        n = idx.numel()
-        pages = torch.arange(n, device=q.device) // page_size
-        mass[b, : pages[-1] + 1] = torch.zeros(int(pages[-1]) + 1, device=q.device).index_add_(0, pages, p.mean(0))
+        dec = (slot_of >= 0).to(q.device)
+        per_head = torch.zeros((q_heads, L), device=q.device).index_add_(1, slot_of.to(q.device)[dec], p[:, dec])
+        mass[b] = per_head.mean(0) if heads_reduce == "mean" else per_head.amax(0)
     return out, mass
 
 
 @triton.jit
-def _decode_kernel(
-    q_ptr, k_ptr, v_ptr, indptr_ptr, indices_ptr, out_ptr, logit_ptr, m_ptr, l_ptr, sm_scale, max_len,
-    Q_HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr,
+def _split_kernel(
+    q_ptr, k_ptr, v_ptr, r2t_ptr, rows_ptr, seq_ptr, pin_ptr, pages_ptr,
+    acc_ptr, m_ptr, l_ptr, psum_ptr, pref_ptr,
+    sm_scale, stride_r2t, stride_qb, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
+    Q_HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr, L: tl.constexpr, PS: tl.constexpr,
+    SPLITS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
     b = tl.program_id(0)
-    hq = tl.program_id(1)
-    h = hq // (Q_HEADS // KV_HEADS)
-    start = tl.load(indptr_ptr + b)
-    n = tl.load(indptr_ptr + b + 1) - start
+    h = tl.program_id(1)
+    s = tl.program_id(2)
+    G: tl.constexpr = Q_HEADS // KV_HEADS
+    NPT: tl.constexpr = BLOCK_N // PS  # pages per tile
+    row = tl.load(rows_ptr + b).to(tl.int64)
+    seq = tl.load(seq_ptr + b).to(tl.int64)
+    pin = tl.load(pin_ptr + row).to(tl.int64)
+    n_pin = tl.minimum((pin + PS - 1) // PS, (seq + PS - 1) // PS)
+    total = (n_pin + L) * PS  # virtual tokens of the row
+    chunk = tl.cdiv(tl.cdiv(total, SPLITS), BLOCK_N) * BLOCK_N
+    lo = s * chunk
+    hi = tl.minimum(lo + chunk, total)
+
+    offs_h = tl.arange(0, BLOCK_H)
     offs_d = tl.arange(0, D)
-    qv = tl.load(q_ptr + (b * Q_HEADS + hq) * D + offs_d).to(tl.float32)
-    m = float("-inf")
-    l = 0.0
-    acc = tl.zeros([D], tl.float32)
-    for s0 in range(0, n, BLOCK_N):
-        offs = s0 + tl.arange(0, BLOCK_N)
-        mask = offs < n
-        slot = tl.load(indices_ptr + start + offs, mask=mask, other=0)
-        kv_off = (slot[:, None] * KV_HEADS + h) * D + offs_d[None, :]
-        k = tl.load(k_ptr + kv_off, mask=mask[:, None], other=0.0).to(tl.float32)
-        s = tl.sum(k * qv[None, :], axis=1) * sm_scale
-        s = tl.where(mask, s, float("-inf"))
-        tl.store(logit_ptr + (b * Q_HEADS + hq) * max_len + offs, s, mask=mask)
-        m_new = tl.maximum(m, tl.max(s, axis=0))
-        alpha = tl.exp(m - m_new)
-        p = tl.exp(s - m_new)
-        v = tl.load(v_ptr + kv_off, mask=mask[:, None], other=0.0).to(tl.float32)
-        acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
-        l = l * alpha + tl.sum(p, axis=0)
+    hmask = offs_h < G
+    heads = h * G + offs_h  # [BLOCK_H] query heads of this KV head
+    q = tl.load(q_ptr + b * stride_qb + heads[:, None] * stride_qh + offs_d[None, :], mask=hmask[:, None], other=0.0)
+    m = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    l = tl.zeros([BLOCK_H], tl.float32)
+    acc = tl.zeros([BLOCK_H, D], tl.float32)
+    for v0 in range(lo, hi, BLOCK_N):
+        v = v0 + tl.arange(0, BLOCK_N)  # [BLOCK_N] virtual token index
+        e = v // PS
+        inr = v < hi  # only the row's last tile reaches past its virtual list
+        is_dec = (e >= n_pin) & inr
+        j = e - n_pin  # decode slot (meaningful where is_dec)
+        lp = tl.load(pages_ptr + row * L + j, mask=is_dec, other=-1).to(tl.int64)
+        lp = tl.where(is_dec, lp, tl.where(inr, e, -1))
+        pos = lp * PS + v % PS
+        valid = (lp >= 0) & (pos < seq)
+        slot = tl.load(r2t_ptr + row * stride_r2t + pos, mask=valid, other=0).to(tl.int64)
+        k = tl.load(k_ptr + slot[:, None] * stride_kt + h * stride_kh + offs_d[None, :], mask=valid[:, None], other=0.0)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * sm_scale  # [BLOCK_H, BLOCK_N]
+        qk = tl.where(valid[None, :], qk, float("-inf"))
+        m_new = tl.maximum(m, tl.max(qk, axis=1))
+        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # all masked so far: any finite reference
+        alpha = tl.exp(m - m_ref)
+        p = tl.exp(qk - m_ref[:, None])  # [BLOCK_H, BLOCK_N]
+        vv = tl.load(v_ptr + slot[:, None] * stride_vt + h * stride_vh + offs_d[None, :], mask=valid[:, None], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(vv.dtype), vv, input_precision=DOT_PREC)
+        l = l * alpha + tl.sum(p, axis=1)
         m = m_new
-    safe_l = tl.where(l > 0, l, 1.0)
-    tl.store(out_ptr + (b * Q_HEADS + hq) * D + offs_d, acc / safe_l)
-    tl.store(m_ptr + b * Q_HEADS + hq, m)
-    tl.store(l_ptr + b * Q_HEADS + hq, safe_l)
+        # page sums relative to m_ref, for the decode pages of this tile (whole pages: BLOCK_N % PS == 0)
+        psum = tl.sum(tl.reshape(p, [BLOCK_H, NPT, PS]), axis=2)  # [BLOCK_H, NPT]
+        pj = (v0 // PS) + tl.arange(0, NPT) - n_pin  # [NPT] decode slot of each page of the tile
+        pmask = hmask[:, None] & ((pj >= 0) & (pj < L))[None, :]
+        dst = (b * Q_HEADS + heads[:, None]) * L + pj[None, :]
+        tl.store(psum_ptr + dst, psum, mask=pmask)
+        tl.store(pref_ptr + dst, tl.broadcast_to(m_ref[:, None], [BLOCK_H, NPT]), mask=pmask)
+    base = (b * Q_HEADS + heads) * SPLITS + s  # [BLOCK_H]
+    tl.store(m_ptr + base, m, mask=hmask)
+    tl.store(l_ptr + base, l, mask=hmask)
+    tl.store(acc_ptr + base[:, None] * D + offs_d[None, :], acc, mask=hmask[:, None])
 
 
 @triton.jit
-def _page_mass_kernel(
-    logit_ptr, m_ptr, l_ptr, indptr_ptr, mass_ptr, max_len, max_pages, page_size,
-    Q_HEADS: tl.constexpr, BLOCK_PS: tl.constexpr,
+def _finish_kernel(
+    acc_ptr, m_ptr, l_ptr, psum_ptr, pref_ptr, out_ptr, mass_ptr, stride_ob, stride_oh,
+    Q_HEADS: tl.constexpr, D: tl.constexpr, L: tl.constexpr, SPLITS: tl.constexpr, BLOCK_HQ: tl.constexpr,
+    BLOCK_L: tl.constexpr, HEADS_MAX: tl.constexpr, ACCUMULATE: tl.constexpr,
 ):
     b = tl.program_id(0)
-    j = tl.program_id(1)
-    n = tl.load(indptr_ptr + b + 1) - tl.load(indptr_ptr + b)
-    offs = j * page_size + tl.arange(0, BLOCK_PS)
-    mask = (tl.arange(0, BLOCK_PS) < page_size) & (offs < n)
-    total = 0.0
-    for hq in range(Q_HEADS):
-        s = tl.load(logit_ptr + (b * Q_HEADS + hq) * max_len + offs, mask=mask, other=float("-inf"))
-        m = tl.load(m_ptr + b * Q_HEADS + hq)
-        l = tl.load(l_ptr + b * Q_HEADS + hq)
-        total += tl.sum(tl.where(mask, tl.exp(s - m), 0.0), axis=0) / l
-    tl.store(mass_ptr + b * max_pages + j, total / Q_HEADS)
+    i = tl.program_id(1)
+    offs_s = tl.arange(0, SPLITS)
+    if i < Q_HEADS:  # merge the splits of query head i into out[b, i]
+        base = (b * Q_HEADS + i) * SPLITS + offs_s  # [SPLITS]
+        ms = tl.load(m_ptr + base)
+        big = tl.max(ms, axis=0)
+        ref = tl.where(big == float("-inf"), 0.0, big)
+        w = tl.exp(ms - ref)  # [SPLITS]
+        total = tl.sum(tl.load(l_ptr + base) * w, axis=0)
+        offs_d = tl.arange(0, D)
+        acc = tl.load(acc_ptr + base[:, None] * D + offs_d[None, :])  # [SPLITS, D]
+        o = tl.sum(acc * w[:, None], axis=0) / tl.where(total > 0, total, 1.0)
+        tl.store(out_ptr + b * stride_ob + i * stride_oh + offs_d, o.to(out_ptr.dtype.element_ty))
+    else:  # page mass of decode slots [jb * BLOCK_L, (jb + 1) * BLOCK_L)
+        jb = i - Q_HEADS
+        offs_h = tl.arange(0, BLOCK_HQ)
+        hmask = offs_h < Q_HEADS
+        hbase = (b * Q_HEADS + offs_h[:, None]) * SPLITS + offs_s[None, :]  # [BLOCK_HQ, SPLITS]
+        hms = tl.load(m_ptr + hbase, mask=hmask[:, None], other=float("-inf"))
+        hbig = tl.max(hms, axis=1)
+        href = tl.where(hbig == float("-inf"), 0.0, hbig)  # [BLOCK_HQ]
+        htotal = tl.sum(tl.load(l_ptr + hbase, mask=hmask[:, None], other=0.0) * tl.exp(hms - href[:, None]), axis=1)
+        htotal = tl.where(htotal > 0, htotal, 1.0)
+        offs_j = jb * BLOCK_L + tl.arange(0, BLOCK_L)
+        jmask = hmask[:, None] & (offs_j < L)[None, :]
+        src = (b * Q_HEADS + offs_h[:, None]) * L + offs_j[None, :]  # [BLOCK_HQ, BLOCK_L]
+        ps = tl.load(psum_ptr + src, mask=jmask, other=0.0)
+        pr = tl.load(pref_ptr + src, mask=jmask, other=0.0)
+        per_head = tl.where(ps > 0, ps * tl.exp(pr - href[:, None]), 0.0) / htotal[:, None]
+        if HEADS_MAX:
+            mass = tl.max(per_head, axis=0)
+        else:
+            mass = tl.sum(per_head, axis=0) / Q_HEADS
+        dst = mass_ptr + b * L + offs_j
+        if ACCUMULATE:
+            mass += tl.load(dst, mask=offs_j < L, other=0.0)
+        tl.store(dst, mass, mask=offs_j < L)
 
 
-def sparse_decode(q, k_buf, v_buf, kv_indptr, kv_indices, sm_scale: float, page_size: int, block_n: int = 32):
-    """Triton version of `sparse_decode_ref` (same arguments, same results)."""
+@dataclass
+class Workspace:
+    """Split partials and page sums, allocated once per (bs, heads, L, splits) and reused: a CUDA graph replays
+    the same addresses. acc [bs, hq, S, d], m/l [bs, hq, S], psum/pref [bs, hq, L] float32."""
+
+    acc: torch.Tensor
+    m: torch.Tensor
+    l: torch.Tensor
+    psum: torch.Tensor
+    pref: torch.Tensor
+
+    @classmethod
+    def make(cls, bs: int, q_heads: int, head_dim: int, L: int, splits: int, device) -> "Workspace":
+        f = dict(dtype=torch.float32, device=device)
+        return cls(
+            acc=torch.empty((bs, q_heads, splits, head_dim), **f),
+            m=torch.empty((bs, q_heads, splits), **f),
+            l=torch.empty((bs, q_heads, splits), **f),
+            psum=torch.zeros((bs, q_heads, L), **f),
+            pref=torch.zeros((bs, q_heads, L), **f),
+        )
+
+    def fits(self, bs: int, q_heads: int, head_dim: int, L: int, splits: int) -> bool:
+        return tuple(self.acc.shape) == (bs, q_heads, splits, head_dim) and self.psum.shape[2] == L
+
+
+def default_splits(bs: int, kv_heads: int, device) -> int:
+    """Splits per (row, KV head): enough programs for ~4 per multiprocessor, a power of two in [1, 16]."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if torch.device(device).type == "cuda" else 8
+    want = triton.cdiv(4 * sms, max(1, bs * kv_heads))
+    return min(16, triton.next_power_of_2(want))
+
+
+class Launch(NamedTuple):
+    """One kernel launch: `kernel[grid](*args, **constexprs, **options)`."""
+
+    kernel: object
+    grid: tuple
+    args: list
+    constexprs: dict
+    options: dict
+
+    def __call__(self):
+        self.kernel[self.grid](*self.args, **self.constexprs, **self.options)
+
+
+def plan(q, k_buf, v_buf, req_to_token, rows, seq_lens, pin_len, pages, sm_scale: float, page_size: int,
+         out, mass, ws: Workspace, *, accumulate: bool, heads_reduce: str, splits: int, block_n: int,
+         num_warps: int, num_stages: int) -> list[Launch]:
+    """The two launches of one `sparse_decode` call (also what `sm90_check` compiles ahead of time)."""
     bs, q_heads, d = q.shape
     kv_heads = k_buf.shape[1]
-    lens = kv_indptr[1:] - kv_indptr[:-1]
-    max_len = int(lens.max()) if bs else 0
-    max_pages = -(-max_len // page_size)
-    out = torch.empty((bs, q_heads, d), dtype=torch.float32, device=q.device)
-    mass = torch.zeros((bs, max_pages), dtype=torch.float32, device=q.device)
-    if bs == 0 or max_len == 0:
-        return out.zero_(), mass
-    logits = torch.empty((bs, q_heads, max_len), dtype=torch.float32, device=q.device)
-    m = torch.empty((bs, q_heads), dtype=torch.float32, device=q.device)
-    l = torch.empty_like(m)
-    _decode_kernel[(bs, q_heads)](
-        q.contiguous(), k_buf, v_buf, kv_indptr, kv_indices, out, logits, m, l, sm_scale, max_len,
-        Q_HEADS=q_heads, KV_HEADS=kv_heads, D=d, BLOCK_N=block_n,
-    )
-    _page_mass_kernel[(bs, max_pages)](
-        logits, m, l, kv_indptr, mass, max_len, max_pages, page_size,
-        Q_HEADS=q_heads, BLOCK_PS=triton.next_power_of_2(page_size),
-    )
+    L = pages.shape[1]
+    # small K tiles keep the registers under the spill line: 16 KB for 16-bit types; float32 dots run on FMAs, 8 KB
+    block_n = max(min(block_n, (16384 if q.element_size() < 4 else 8192) // (d * q.element_size())), page_size)
+    split = Launch(_split_kernel, (bs, kv_heads, splits), [
+        q, k_buf, v_buf, req_to_token, rows, seq_lens, pin_len, pages, ws.acc, ws.m, ws.l, ws.psum, ws.pref,
+        sm_scale, req_to_token.stride(0), q.stride(0), q.stride(1), k_buf.stride(0), k_buf.stride(1),
+        v_buf.stride(0), v_buf.stride(1),
+    ], dict(Q_HEADS=q_heads, KV_HEADS=kv_heads, D=d, L=L, PS=page_size, SPLITS=splits,
+            BLOCK_H=max(16, triton.next_power_of_2(q_heads // kv_heads)), BLOCK_N=block_n,
+            DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32"),
+        dict(num_warps=num_warps, num_stages=num_stages))
+    block_l = min(64, triton.next_power_of_2(L))
+    finish = Launch(_finish_kernel, (bs, q_heads + triton.cdiv(L, block_l)), [
+        ws.acc, ws.m, ws.l, ws.psum, ws.pref, out, mass, out.stride(0), out.stride(1),
+    ], dict(Q_HEADS=q_heads, D=d, L=L, SPLITS=splits, BLOCK_HQ=triton.next_power_of_2(q_heads), BLOCK_L=block_l,
+            HEADS_MAX=heads_reduce == "max", ACCUMULATE=accumulate), dict(num_warps=4, num_stages=1))
+    return [split, finish]
+
+
+def sparse_decode(q, k_buf, v_buf, req_to_token, rows, seq_lens, pin_len, pages, sm_scale: float, page_size: int,
+                  *, out=None, mass=None, accumulate: bool = False, heads_reduce: str = "mean",
+                  workspace: Workspace | None = None, splits: int | None = None, block_n: int = 64,
+                  num_warps: int = 4, num_stages: int = 2):
+    """Triton version of `sparse_decode_ref`: returns (out [bs, hq, d] in `out`'s dtype (default q's), mass
+    [bs, L] float32). Pass `out`, `mass` and `workspace` to reuse buffers (no allocation: CUDA-graph safe)."""
+    bs, q_heads, d = q.shape
+    L = pages.shape[1]
+    if page_size & (page_size - 1) or d & (d - 1):
+        raise ValueError(f"sparse_decode needs power-of-two page size and head dim, got {page_size} and {d}")
+    splits = splits or default_splits(bs, k_buf.shape[1], q.device)
+    out = torch.empty((bs, q_heads, d), dtype=q.dtype, device=q.device) if out is None else out
+    mass = torch.zeros((bs, L), dtype=torch.float32, device=q.device) if mass is None else mass
+    if bs == 0:
+        return out, mass
+    ws = workspace if workspace is not None and workspace.fits(bs, q_heads, d, L, splits) else Workspace.make(
+        bs, q_heads, d, L, splits, q.device)
+    for launch in plan(q, k_buf, v_buf, req_to_token, rows, seq_lens, pin_len, pages, sm_scale, page_size, out,
+                       mass, ws, accumulate=accumulate, heads_reduce=heads_reduce, splits=splits, block_n=block_n,
+                       num_warps=num_warps, num_stages=num_stages):
+        launch()
     return out, mass
 
 
-__all__ = ["sparse_decode", "sparse_decode_ref"]
+__all__ = ["EMPTY", "Launch", "Workspace", "plan", "resident_positions", "sparse_decode", "sparse_decode_ref"]

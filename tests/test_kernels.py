@@ -16,7 +16,7 @@ if not CUDA:
 
 from raas_sglang.kernels.page_bounds import page_bounds_update, page_bounds_update_ref  # noqa: E402
 from raas_sglang.kernels.page_scores import page_scores, page_scores_ref  # noqa: E402
-from raas_sglang.kernels.sparse_decode import sparse_decode, sparse_decode_ref  # noqa: E402
+from raas_sglang.kernels.sparse_decode import Workspace, sparse_decode, sparse_decode_ref  # noqa: E402
 
 DEV = "cuda" if CUDA else "cpu"
 KV_HEADS = 2
@@ -32,34 +32,99 @@ def _cases(gpu: bool):
     return [pytest.param(*c, marks=pytest.mark.gpu) for c in FULL] if gpu else PAIRWISE
 
 
-def ragged_rows(bs, ps, slots, seed):
-    """kv_indptr / kv_indices for ragged rows of whole pages (last one partial), over distinct random pages."""
+def resident_case(bs, ps, gqa, d, seed, dtype=torch.float32, L=6):
+    """A decode batch as SGLang and RaasState hold it: req_to_token over scattered physical pages, rows in
+    random order, pin_len (a partial prompt page, none, or a dense row with everything pinned), and each row's
+    resident decode pages in random state slots (holes where pages were evicted, EMPTY slots between)."""
     g = torch.Generator().manual_seed(seed)
-    lens = torch.randint(1, 5 * max(ps, 8), (bs,), generator=g)
-    pages = torch.randperm(slots // ps - 1, generator=g) + 1  # page 0 is padding
-    idx, used = [], 0
-    for n in lens.tolist():
-        npages = -(-n // ps)
-        rows = pages[used : used + npages]
-        used += npages
-        idx.append((rows[:, None] * ps + torch.arange(ps)).flatten()[:n])
-    indptr = torch.tensor([0] + torch.cumsum(lens, 0).tolist())
-    return indptr.to(DEV), torch.cat(idx).to(DEV)
+    num_rows, ctx_pages = bs + 3, 24
+    phys = torch.randperm(num_rows * ctx_pages, generator=g).view(num_rows, ctx_pages) + 1  # page 0 = padding
+    req_to_token = (phys[:, :, None] * ps + torch.arange(ps)).view(num_rows, -1).to(torch.int32)
+    rows = torch.randperm(num_rows, generator=g)[:bs]
+    pin_len = torch.zeros(num_rows, dtype=torch.int64)
+    pages = torch.full((num_rows, L), -1, dtype=torch.int64)
+    seq_lens = torch.zeros(bs, dtype=torch.int64)
+    for b, row in enumerate(rows.tolist()):
+        kind = b % 3
+        pin = [int(torch.randint(0, 3 * ps, (1,), generator=g)), 0, 1 << 40][kind]
+        first = -(-pin // ps) if kind != 2 else 0
+        seq = (first * ps if kind != 2 else 0) + int(torch.randint(1, (L + 4) * ps, (1,), generator=g))
+        seq = max(seq, min(pin, 10 * ps) + 1)
+        pin_len[row], seq_lens[b] = pin, seq
+        if kind == 2:
+            continue  # dense row: every page pinned
+        last = (seq - 1) // ps
+        older = torch.arange(first, last)
+        keep = older[torch.randperm(len(older), generator=g)[: int(torch.randint(0, L, (1,), generator=g))]]
+        resident = torch.cat([keep, torch.tensor([last])])
+        where = torch.randperm(L, generator=g)[: len(resident)]
+        pages[row, where] = resident
+    num_slots = (num_rows * ctx_pages + 1) * ps
+    q = torch.randn(bs, KV_HEADS * gqa, d, generator=g).to(DEV, dtype)
+    k = torch.randn(num_slots, KV_HEADS, d, generator=g).to(DEV, dtype)
+    v = torch.randn(num_slots, KV_HEADS, d, generator=g).to(DEV, dtype)
+    to = lambda t: t.to(DEV)  # noqa: E731
+    return q, k, v, to(req_to_token), to(rows), to(seq_lens), to(pin_len), to(pages)
+
+
+def _tol(dtype):
+    return (1e-4, 1e-5) if dtype == torch.float32 else (3e-2, 2e-3)  # (out, mass)
+
+
+def _dtypes(gpu: bool):
+    return [torch.float32, torch.bfloat16] if gpu else [torch.float32]
 
 
 @pytest.mark.parametrize("bs, ps, gqa, d", _cases(False) + _cases(True))
 def test_sparse_decode_matches_reference(bs, ps, gqa, d):
-    slots = 2048
-    torch.manual_seed(bs * 100 + ps + gqa + d)
-    q = torch.randn(bs, KV_HEADS * gqa, d, device=DEV)
-    k = torch.randn(slots, KV_HEADS, d, device=DEV)
-    v = torch.randn(slots, KV_HEADS, d, device=DEV)
-    indptr, indices = ragged_rows(bs, ps, slots, seed=bs + d)
-    out, mass = sparse_decode(q, k, v, indptr, indices, d**-0.5, ps)
-    ref_out, ref_mass = sparse_decode_ref(q, k, v, indptr, indices, d**-0.5, ps)
+    for dtype in _dtypes(CUDA):
+        case = resident_case(bs, ps, gqa, d, seed=bs * 100 + ps + gqa + d, dtype=dtype)
+        out, mass = sparse_decode(*case, d**-0.5, ps)
+        ref_out, ref_mass = sparse_decode_ref(*case, d**-0.5, ps)
+        tol_out, tol_mass = _tol(dtype)
+        assert torch.allclose(out.float(), ref_out, atol=tol_out, rtol=tol_out)
+        assert torch.allclose(mass, ref_mass, atol=tol_mass)
+        rows, pin_len, pages = case[4], case[6], case[7]
+        no_pin = (pin_len[rows] == 0) & (pages[rows] >= 0).any(1)  # every attended token is in a decode page
+        assert torch.allclose(mass.sum(1)[no_pin], torch.ones(int(no_pin.sum()), device=DEV), atol=1e-4)
+        assert torch.all(mass[pages[rows] < 0] == 0)
+
+
+@pytest.mark.parametrize("splits, block_n", [(1, 16), (4, 32), (16, 64)])
+def test_sparse_decode_accumulates_and_reduces_max(splits, block_n):
+    """`accumulate` adds this layer's mass to the running fold; `heads_reduce="max"` takes the max over heads;
+    the split count and tile size change nothing but speed."""
+    case = resident_case(4, 16, 4, 64, seed=splits)
+    prior = torch.rand(4, 6, device=DEV)
+    out, mass = sparse_decode(*case, 0.125, 16, mass=prior.clone(), accumulate=True, heads_reduce="max",
+                              splits=splits, block_n=block_n)
+    ref_out, ref_mass = sparse_decode_ref(*case, 0.125, 16, heads_reduce="max")
     assert torch.allclose(out, ref_out, atol=1e-4, rtol=1e-4)
-    assert torch.allclose(mass, ref_mass, atol=1e-5)
-    assert torch.allclose(mass.sum(1), torch.ones(bs, device=DEV), atol=1e-4)
+    assert torch.allclose(mass, prior + ref_mass, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_sparse_decode_replays_in_a_cuda_graph():
+    """Buffers sized once, inputs changed in place between replays: the graph gives the reference each time."""
+    case = [t.clone() for t in resident_case(8, 16, 4, 128, seed=3, dtype=torch.bfloat16)]
+    q, pages, seq_lens = case[0], case[7], case[5]
+    out = torch.empty_like(q)
+    mass = torch.zeros(8, pages.shape[1], device=DEV)
+    ws = Workspace.make(8, q.shape[1], 128, pages.shape[1], 8, DEV)
+    run = lambda: sparse_decode(*case, 128**-0.5, 16, out=out, mass=mass, workspace=ws, splits=8)  # noqa: E731
+    run()  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    for seed in range(3):
+        fresh = resident_case(8, 16, 4, 128, seed=10 + seed, dtype=torch.bfloat16)
+        for dst, src in zip(case, fresh):
+            dst.copy_(src)
+        graph.replay()
+        ref_out, ref_mass = sparse_decode_ref(*case, 128**-0.5, 16)
+        assert torch.allclose(out.float(), ref_out, atol=3e-2, rtol=3e-2)
+        assert torch.allclose(mass, ref_mass, atol=2e-3)
+    assert seq_lens.data_ptr() == case[5].data_ptr()
 
 
 @pytest.mark.parametrize("bs, ps, gqa, d", _cases(False) + _cases(True))
