@@ -9,19 +9,29 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.raas-installed
 MODEL := .models/tiny/raas_build.json
+# The Triton of the lent GPU machine (device KINDS.md: Python 3.12, torch 2.11, triton 3.6.0), installed beside the
+# venv's own so tests/test_kernels_sm90.py compiles the kernels for sm_90 with both (an older Triton rejected code
+# the newer one accepts).
+GPU_TRITON := 3.6.0
+GPU_TRITON_DIR := $(VENV)/triton-$(GPU_TRITON)
 # The CPU engine's environment (empty on a CUDA machine): see raas_sglang/cpu_env.py.
 CPU_ENV = eval "$$($(PY) -m raas_sglang.cpu_env)"
 PYTEST_ARGS ?=
 
 .PHONY: setup demo test test-gpu clean-venv
 
-setup: $(STAMP) $(MODEL)
+setup: $(STAMP) $(MODEL) $(GPU_TRITON_DIR)/.installed
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "[setup] installing sglang==0.5.23 and raas_sglang into $(VENV) (first time: ~4 min, ~11 GB)"
 	@$(PY) -m pip install -q --disable-pip-version-check -e '.[test,bench]' 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 	@touch $(STAMP)
+
+$(GPU_TRITON_DIR)/.installed: $(STAMP)
+	@echo "[setup] installing triton==$(GPU_TRITON) into $(GPU_TRITON_DIR) (the GPU machine's version, for compile checks)"
+	@$(PY) -m pip install -q --disable-pip-version-check --no-deps --target $(GPU_TRITON_DIR) triton==$(GPU_TRITON) 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
+	@touch $@
 
 $(MODEL): $(STAMP) raas_sglang/tiny_model.py
 	@echo "[setup] building the tiny model in .models/tiny (offline, deterministic)"

@@ -142,11 +142,14 @@ def checks() -> dict[str, dict]:
     return result
 
 
-def run_checks(timeout: float = 600) -> dict[str, dict]:
-    """`checks()`, in a child process when this one runs Triton interpreted."""
-    if not os.environ.get("TRITON_INTERPRET"):
-        return checks()
+def run_checks(triton_dir: str | None = None, timeout: float = 600) -> dict[str, dict]:
+    """`checks()`, in a child process when this one runs Triton interpreted or when `triton_dir` (a folder
+    holding another Triton, e.g. the GPU machine's version) is given; `_triton` in the result names the version."""
+    if not os.environ.get("TRITON_INTERPRET") and triton_dir is None:
+        return {**checks(), "_triton": triton.__version__}
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    if triton_dir is not None:
+        env["PYTHONPATH"] = os.pathsep.join([triton_dir, *filter(None, [env.get("PYTHONPATH")])])
     proc = subprocess.run([sys.executable, "-m", "raas_sglang.kernels.sm90_check"], env=env, capture_output=True,
                           text=True, timeout=timeout)
     if proc.returncode:
@@ -155,7 +158,7 @@ def run_checks(timeout: float = 600) -> dict[str, dict]:
 
 
 def main() -> None:
-    print(json.dumps(checks(), indent=1))
+    print(json.dumps({**checks(), "_triton": triton.__version__}, indent=1))
 
 
 if __name__ == "__main__":

@@ -117,19 +117,23 @@ def _split_kernel(
         inr = v < hi  # only the row's last tile reaches past its virtual list
         is_dec = (e >= n_pin) & inr
         j = e - n_pin  # decode slot (meaningful where is_dec)
-        lp = tl.load(pages_ptr + row * L + j, mask=is_dec, other=-1).to(tl.int64)
+        # NOTE: no load here is masked (Triton 3.6 fails to compile this loop with masked index loads: "mask type
+        # matches ptr type"). Indices are clamped instead: pages[row, 0] and req_to_token[row, 0] always exist,
+        # and an invalid token reads KV slot 0, SGLang's padding slot (zero-initialized, never allocated; at
+        # most written for padded batch entries, so finite): its logit is masked to -inf, its p is 0.
+        lp = tl.load(pages_ptr + row * L + tl.where(is_dec, j, 0)).to(tl.int64)
         lp = tl.where(is_dec, lp, tl.where(inr, e, -1))
         pos = lp * PS + v % PS
         valid = (lp >= 0) & (pos < seq)
-        slot = tl.load(r2t_ptr + row * stride_r2t + pos, mask=valid, other=0).to(tl.int64)
-        k = tl.load(k_ptr + slot[:, None] * stride_kt + h * stride_kh + offs_d[None, :], mask=valid[:, None], other=0.0)
+        slot = tl.load(r2t_ptr + row * stride_r2t + tl.where(valid, pos, 0)).to(tl.int64)
+        k = tl.load(k_ptr + slot[:, None] * stride_kt + h * stride_kh + offs_d[None, :])  # invalid: slot 0, masked below
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * sm_scale  # [BLOCK_H, BLOCK_N]
         qk = tl.where(valid[None, :], qk, float("-inf"))
         m_new = tl.maximum(m, tl.max(qk, axis=1))
         m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # all masked so far: any finite reference
         alpha = tl.exp(m - m_ref)
         p = tl.exp(qk - m_ref[:, None])  # [BLOCK_H, BLOCK_N]
-        vv = tl.load(v_ptr + slot[:, None] * stride_vt + h * stride_vh + offs_d[None, :], mask=valid[:, None], other=0.0)
+        vv = tl.load(v_ptr + slot[:, None] * stride_vt + h * stride_vh + offs_d[None, :])  # p == 0 where invalid
         acc = acc * alpha[:, None] + tl.dot(p.to(vv.dtype), vv, input_precision=DOT_PREC)
         l = l * alpha + tl.sum(p, axis=1)
         m = m_new
