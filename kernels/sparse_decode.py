@@ -223,8 +223,11 @@ class Workspace:
 
 
 def default_splits(bs: int, kv_heads: int, device) -> int:
-    """Splits per (row, KV head): enough programs for ~4 per multiprocessor, a power of two in [1, 16]."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if torch.device(device).type == "cuda" else 8
+    """Splits per (row, KV head): enough programs for ~4 per multiprocessor, a power of two in [1, 16]; 1 off
+    CUDA (the interpreter runs programs one after another)."""
+    if torch.device(device).type != "cuda":
+        return 1
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
     want = triton.cdiv(4 * sms, max(1, bs * kv_heads))
     return min(16, triton.next_power_of_2(want))
 

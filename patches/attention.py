@@ -2,7 +2,8 @@
 
 The backend-independent parts (`begin_forward`, and the Quest-scored `forward_decode` / `forward_extend`) are
 shared with the triton and flashinfer seams (`attention_triton`, `attention_flashinfer`), whose kernels give no
-attention probabilities: those backends score pages with Quest bounds (`raas_sglang.scoring`).
+attention probabilities: those backends score pages with Quest bounds (`raas_sglang.scoring`), except triton
+with `--raas-score exact`, whose decode attention is the plugin's own kernel (`attention_triton`).
 
 Upstream symbols hooked (sglang 0.5.23, `sglang/srt/layers/attention/torch_native_backend.py`,
 `TorchNativeAttnBackend`):
@@ -30,20 +31,24 @@ def _active(forward_batch=None) -> runtime.Runtime | None:
     return rt if rt is not None and rt.state is not None else None
 
 
-def begin_forward(backend, forward_batch, exact: bool = False, batched: bool = False) -> runtime.Runtime | None:
+def begin_forward(backend, forward_batch, exact: bool = False, batched: bool = False,
+                  kernel: bool = False) -> runtime.Runtime | None:
     """Once per forward, on every backend: for a decode batch, set `rt.table` (the resident set; None when no
     row needs it, so every row reads all its KV as stock) and prepare page scoring. `exact`: scores come from
     this forward's attention probabilities (the torch-native path computes them), else from Quest bounds.
-    `batched`: plan the torch-native batched decode over the table. Returns the runtime when active."""
+    `batched`: plan the torch-native batched decode over the table. `kernel`: the plugin's triton kernel reads
+    the resident pages from the state itself (`rt.kernel_batch`; no table) and gives the exact scores.
+    Returns the runtime when active."""
     rt = _active(forward_batch)
     if rt is None:
         return None
     rt.table = None
+    rt.kernel_batch = None
     rt.scoring = None
     rt.layer_mass = None
     if forward_batch.forward_mode.is_decode():
         with runtime.timed(rt, "tables"):
-            _build_tables(rt, backend, forward_batch, exact, batched)
+            _build_tables(rt, backend, forward_batch, exact, batched, kernel)
     return rt
 
 
@@ -53,7 +58,7 @@ def init_forward_metadata(result, self, forward_batch):
     return result
 
 
-def _build_tables(rt: runtime.Runtime, backend, forward_batch, exact: bool, batched: bool) -> None:
+def _build_tables(rt: runtime.Runtime, backend, forward_batch, exact: bool, batched: bool, kernel: bool) -> None:
     pool = backend.token_to_kv_pool
     rt.ensure_layers(pool)
     if not exact or rt.config.keeps_bounds:
@@ -63,7 +68,10 @@ def _build_tables(rt: runtime.Runtime, backend, forward_batch, exact: bool, batc
     req_to_token = backend.req_to_token_pool.req_to_token
     scoring = bool((rt.state.count[rows] > 0).any())
     cand_end = rt.selection_ends(rows, seq_lens) if batched and rt.config.keeps_bounds else None
-    if scoring or cand_end is not None or bool((rt.state.evicted[rows] > 0).any()):
+    if kernel:  # NOTE: no selecting or prompt-narrowing policy runs on such a server (config.exact_kernel)
+        if scoring or bool((rt.state.evicted[rows] > 0).any()):
+            rt.kernel_batch = (rows, seq_lens)
+    elif scoring or cand_end is not None or bool((rt.state.evicted[rows] > 0).any()):
         pos, n, col_slot = rt.resident_positions(rows, seq_lens)
         slots = req_to_token[rows[:, None], pos].to(torch.int64)  # [bs, n_max] KV slots
         rt.table = runtime.Resident(slots, n, col_slot, pos, rows, cand_end)
@@ -128,8 +136,9 @@ def forward_decode(orig, self, q, k, v, layer, forward_batch, *a, **kw):
         _fold_keys(rt, layer, forward_batch, k)
         if rt.scoring is not None:
             lid = layer.layer_id - rt.start_layer
-            qh = q.reshape(q.shape[0], layer.tp_q_head_num, layer.qk_head_dim)
-            rt.score_layer(lid, qh, layer.scaling)
+            if rt.kernel_batch is None:  # else the kernel already added this layer's exact mass
+                qh = q.reshape(q.shape[0], layer.tp_q_head_num, layer.qk_head_dim)
+                rt.score_layer(lid, qh, layer.scaling)
             if lid == rt.num_layers - 1:
                 rt.page_scores_end()
     return out
@@ -146,7 +155,10 @@ def forward_extend(orig, self, q, k, v, layer, forward_batch, *a, **kw):
 
 
 def _exact_backend(backend) -> bool:
-    return type(backend).__name__ == "TorchNativeAttnBackend"
+    """Whether this backend scores pages exactly (no Quest bounds needed for its requests)."""
+    rt = runtime.get()
+    kernel = rt is not None and rt.config.exact_kernel and type(backend).__name__ == "TritonAttnBackend"
+    return kernel or type(backend).__name__ == "TorchNativeAttnBackend"
 
 
 def layer_hooks(cls_path: str) -> tuple:

@@ -77,6 +77,7 @@ class Totals:
     raas_seconds: float = 0.0  # time spent inside RaaS code on the decode path (bookkeeping, scoring, tables)
     raas_parts: dict = field(default_factory=dict)  # the same, split by part ("schedule", "tables", "layers")
     last_step_start: float = 0.0
+    kernel_layer_calls: int = 0  # layers decoded by the plugin's triton kernel (--raas-score exact on triton)
 
 
 class Runtime:
@@ -95,6 +96,10 @@ class Runtime:
         self.heads_reduce, self.layers_reduce = config.reduce.split("-")
         self.decode = ResidentDecode()  # the torch-native batched decode over `table` (reused buffers)
         self.layer_mass: torch.Tensor | None = None  # [bs, hq, n_max] the current layer's attention probabilities
+        # triton with --raas-score exact: (rows [bs] int64, seq_lens [bs]) when this decode forward runs the
+        # plugin's kernel (`kernel_decode`) instead of upstream's over kv_indices; None otherwise
+        self.kernel_batch: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.kernel_ws = None  # the kernel's reused workspace (raas_sglang.kernels.sparse_decode.Workspace)
         self.current_layer = 0  # set around each layer's torch-native decode (Quest selection needs it)
         self.num_layers = 0
         self.start_layer = 0
@@ -197,6 +202,7 @@ class Runtime:
             "step_seconds": self.totals.step_seconds,
             "raas_seconds": self.totals.raas_seconds,
             "raas_seconds_by_part": dict(self.totals.raas_parts),
+            "exact_kernel_layer_calls": self.totals.kernel_layer_calls,
         }
 
     def report(self, row: int, info: RowInfo) -> dict:
@@ -383,6 +389,27 @@ class Runtime:
             per_head.scatter_add_(2, self.table.col_slot[:, None, :].expand(bs, heads, -1), probs)
             per_slot = per_head.amax(dim=1)
         self._fold_layer(per_slot[:, :L])
+
+    def kernel_decode(self, q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor, o: torch.Tensor,
+                      sm_scale: float, req_to_token: torch.Tensor) -> None:
+        """One layer's decode attention over the resident pages, read straight from the state (no index list),
+        into `o` [bs, q_heads, d]; the layer's exact page mass is folded into `acc` when this forward scores.
+        q [bs, q_heads, d]; k_buf, v_buf [num_slots, kv_heads, d] (the layer's pool)."""
+        from raas_sglang.kernels.sparse_decode import Workspace, default_splits, sparse_decode
+
+        rows, seq_lens = self.kernel_batch
+        state, (bs, heads, d) = self.state, q.shape
+        self.totals.kernel_layer_calls += 1
+        splits = default_splits(bs, k_buf.shape[1], q.device)
+        if self.kernel_ws is None or not self.kernel_ws.fits(bs, heads, d, state.L, splits):
+            self.kernel_ws = Workspace.make(bs, heads, d, state.L, splits, q.device)
+        add = self.acc is not None and self.layers_reduce != "max"  # sum over layers: the kernel adds in place
+        mass = self.acc if add else torch.zeros((bs, state.L), dtype=torch.float32, device=q.device)
+        sparse_decode(q, k_buf, v_buf, req_to_token, rows, seq_lens, state.pin_len, state.pages, sm_scale,
+                      self.config.page_size, out=o, mass=mass, accumulate=add, heads_reduce=self.heads_reduce,
+                      workspace=self.kernel_ws, splits=splits)
+        if self.acc is not None and not add:
+            torch.maximum(self.acc, mass, out=self.acc)
 
     def _fold_layer(self, scores: torch.Tensor) -> None:
         if self.layers_reduce == "max":

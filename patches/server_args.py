@@ -18,6 +18,7 @@ raises `raas_sglang.config.ConfigError` (a `ValueError`) instead.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from typing import Any
 
@@ -78,9 +79,9 @@ def add_cli_args(result: Any, parser: argparse.ArgumentParser) -> Any:
         type=str,
         default=None,
         metavar="{" + ",".join(cfg.SCORES) + "}",
-        help="How decode pages are scored: 'exact' attention mass from the decode pass (torch_native), 'quest' "
-        "key-bound estimates (any backend), 'auto' (default) exact where the backend gives it. Only with "
-        "--kv-policy raas.",
+        help="How decode pages are scored: 'exact' attention mass from the decode pass (torch_native; triton "
+        "through the plugin's own decode kernel), 'quest' key-bound estimates (any backend), 'auto' (default) "
+        "exact on torch_native, quest elsewhere. Only with --kv-policy raas.",
     )
     group.add_argument(
         "--raas-reduce",
@@ -185,9 +186,13 @@ def unsupported(view) -> list[str]:
         )
     if config_of(view).policy in cfg.SELECTING and backends - {"torch_native"}:
         problems.append("Quest page selection on the triton/flashinfer backends; use --attention-backend torch_native")
-    if config_of(view).score == "exact" and backends - {"torch_native"}:
-        problems.append("--raas-score exact on the triton/flashinfer backends (their kernels give no attention "
-                        "mass); use --raas-score quest or auto")
+    config = config_of(view)
+    if config.score == "exact" and backends - {"torch_native", "triton"}:
+        problems.append("--raas-score exact on the flashinfer backend (its kernels give no attention mass); use "
+                        "--raas-score quest or auto, or --attention-backend triton")
+    if config.score == "exact" and _decode_backend(view) == "triton" and config.policy in cfg.WHOLE_PROMPT_ONLY:
+        problems.append("--raas-score exact on the triton backend (its exact kernel attends every prompt page, "
+                        "which this policy narrows or selects from); use --raas-score quest")
     if getattr(view, "enable_mixed_chunk", False):
         problems.append("mixed chunked prefill (decode rows would take the extend path); drop --enable-mixed-chunk")
     if getattr(view, "enable_streaming_session", False):
@@ -199,6 +204,10 @@ def unsupported(view) -> list[str]:
     if str(decode_graph) not in ("disabled", "None") and str(getattr(view, "device", "cuda")) != "cpu":
         problems.append("CUDA graphs for decode; add --cuda-graph-backend-decode=disabled")
     return problems
+
+
+def _decode_backend(view) -> str | None:
+    return view.decode_attention_backend or view.attention_backend
 
 
 def check_server_args(result, self, *args, **kwargs):
@@ -229,6 +238,10 @@ def check_server_args(result, self, *args, **kwargs):
         pass
     if problems:
         _refuse(self, f"--kv-policy {config_of(self).policy} does not support " + "; nor ".join(problems))
+    config = config_of(self)
+    if config.score == "exact" and _decode_backend(resolving_view(self)) == "triton":
+        # NOTE: the launcher's tokenizer side and (pickled with the args) every child see the same record
+        setattr(self, ATTR, dataclasses.replace(config, exact_kernel=True))
     return result
 
 

@@ -1,0 +1,59 @@
+"""RaaS on SGLang's triton backend with `--raas-score exact`: decode attention is the plugin's own kernel
+(`raas_sglang.kernels.sparse_decode`, reading the resident pages from the RaaS state, no index list), which also
+gives each page's exact attention mass. End to end on CPU under the Triton interpreter (float32, page 16, radix
+on, strict KV checks): with evictions its output equals the torch_native backend's exact-scored output, token for
+token, so both choose the same victims from the same scores; the kept positions match the HF reference."""
+
+from __future__ import annotations
+
+import urllib.error
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from conftest import STRICT_ENV, serve
+from raas_helpers import gen, masked_reference_error
+from test_raas_triton import PROMPT, _batch
+
+
+@pytest.fixture(scope="module")
+def servers(model_dir, tmp_path_factory):
+    common = ("--kv-policy", "raas", "--raas-budget", "256", "--raas-score", "exact")
+    with ThreadPoolExecutor(2) as pool:
+        triton = pool.submit(
+            serve, model_dir, *common, "--attention-backend", "triton",
+            tmp=tmp_path_factory.mktemp("triton_exact"), env={**STRICT_ENV, "TRITON_INTERPRET": "1"},
+        )
+        native = pool.submit(serve, model_dir, *common, tmp=tmp_path_factory.mktemp("native_exact"), env=STRICT_ENV)
+        srvs = {"triton": triton.result(), "torch_native": native.result()}
+    yield srvs
+    for srv in srvs.values():
+        srv.stop()
+
+
+def test_triton_kernel_equals_torch_native_exact(servers, hf):
+    with ThreadPoolExecutor(2) as pool:
+        got, want = pool.map(_batch, (servers["triton"], servers["torch_native"]))
+    assert got[0]["meta_info"]["raas"]["evicted_pages"] >= 2 and got[1]["meta_info"]["raas"]["evicted_pages"] >= 2
+    for g, w in zip(got, want):
+        assert g["output_ids"] == w["output_ids"]
+        assert g["meta_info"]["raas"]["evicted_pages"] == w["meta_info"]["raas"]["evicted_pages"]
+        assert g["meta_info"]["raas"].get("trace") == w["meta_info"]["raas"].get("trace")  # same victims, same steps
+        lp_g = [x[0] for x in g["meta_info"]["output_token_logprobs"]]
+        lp_w = [x[0] for x in w["meta_info"]["output_token_logprobs"]]
+        assert max(abs(a - b) for a, b in zip(lp_g, lp_w)) < 1e-4
+    assert masked_reference_error(hf, PROMPT, got[0]) < 1e-3
+    info = servers["triton"].get("/get_server_info")["internal_states"][0]["raas"]
+    assert info["exact_kernel"] is True and info["score"] == "exact"
+    assert info["exact_kernel_layer_calls"] >= 2 * 80  # 2 layers x the ~89 steps after the first decode page
+    assert info["evicted_pages_total"] >= 4 and info["resident_pages"] == 0
+
+
+def test_prompt_narrowing_policy_refused_per_request(servers):
+    """streaming drops prompt pages the exact kernel would attend: HTTP 400 naming the field; still serving."""
+    srv = servers["triton"]
+    with pytest.raises(urllib.error.HTTPError) as err:
+        gen(srv, PROMPT, 4, kv_policy="streaming")
+    body = err.value.read().decode()
+    assert err.value.code == 400 and "custom_params.kv_policy: 'streaming' is not available on this server" in body
+    assert len(gen(srv, PROMPT, 4)["output_ids"]) == 4
