@@ -10,7 +10,7 @@ Batch 8, 32 query / 8 KV heads, head_dim 128, bf16, page 16 (../shared/measure.m
 Times are GPU times per call, from CUDA-graph replays of many calls (a server's decode step runs as a graph), so
 launch overhead is not what is compared; eager times (`*_eager_us`) are reported beside them. For SDPA the faster
 of two GQA forms is taken (`enable_gqa`, or the query group folded into the query length), for the RaaS kernel
-the fastest of a few (splits, tile) settings: both baselines are as strong as they can be made.
+the fastest of a few (splits, tile, warps, stages) settings (`raas_config`): both baselines are as strong as they can be made.
 Each row also checks the RaaS output against the torch reference (`max_abs_err`).
 
 `--smoke` runs the same code on a CPU under the Triton interpreter, tiny and float32, eager timing (the
@@ -28,7 +28,8 @@ import time
 import torch
 
 BATCH, Q_HEADS, KV_HEADS, HEAD_DIM, PS, PROMPT = 8, 32, 8, 128, 16, 64
-CONFIGS = [(4, 64), (8, 64), (16, 64), (8, 32), (16, 32)]  # (splits, block_n) tried for the RaaS kernel
+# (splits, block_n, num_warps, num_stages) tried for the RaaS kernel; each compiles for sm_90 without spills
+CONFIGS = [(4, 64, 4, 2), (8, 64, 4, 2), (16, 64, 4, 2), (8, 64, 8, 2), (8, 64, 4, 3), (8, 32, 4, 2), (16, 32, 4, 3)]
 
 
 class Shape:
@@ -147,26 +148,28 @@ def raas(n: int, budget: int, shape: Shape) -> dict:
     mass = torch.zeros(s.bs, pages.shape[1], device=s.dev)
     best = None
     configs = CONFIGS[:2] if s.smoke else CONFIGS
-    for splits, block_n in configs:
+    for splits, block_n, warps, stages in configs:
         ws = Workspace.make(s.bs, s.hq, s.d, pages.shape[1], splits, s.dev)
 
         def run():
             sparse_decode(*case, s.d**-0.5, PS, out=out, mass=mass, accumulate=True, workspace=ws, splits=splits,
-                          block_n=block_n)
+                          block_n=block_n, num_warps=warps, num_stages=stages)
 
         try:
             graph_us, eager_us = timed_us(run, s)
         except Exception as e:  # one setting that fails to compile or launch must not cost the whole GPU run
-            print(f"  raas splits={splits} block_n={block_n}: {type(e).__name__}: {e}".splitlines()[0], file=sys.stderr)
+            print(f"  raas {splits, block_n, warps, stages}: {type(e).__name__}: {e}".splitlines()[0], file=sys.stderr)
             continue
         if best is None or graph_us < best["us"]:
-            best = {"us": graph_us, "eager_us": eager_us, "splits": splits, "block_n": block_n}
+            best = {"us": graph_us, "eager_us": eager_us, "splits": splits, "block_n": block_n, "warps": warps,
+                    "stages": stages}
     if best is None:
         raise RuntimeError("no RaaS kernel setting ran")
     # where the time goes, for the best setting: the split (attention) launch and the finish (merge + mass) alone
     ws = Workspace.make(s.bs, s.hq, s.d, pages.shape[1], best["splits"], s.dev)
     split, finish = plan(*case, s.d**-0.5, PS, out, mass, ws, accumulate=True, heads_reduce="mean",
-                         splits=best["splits"], block_n=best["block_n"], num_warps=4, num_stages=2)
+                         splits=best["splits"], block_n=best["block_n"], num_warps=best["warps"],
+                         num_stages=best["stages"])
     best["split_us"], _ = timed_us(split, s)
     best["finish_us"], _ = timed_us(finish, s)
     got, got_mass = sparse_decode(*case, s.d**-0.5, PS)
@@ -217,7 +220,7 @@ def main(argv=None) -> int:
             row = {"n": n, "budget": budget, "dense_us": round(d["us"], 2), "raas_us": round(r["us"], 2),
                    "dense_over_budget_us": round(f["us"], 2), "dense_eager_us": round(d["eager_us"], 2),
                    "raas_eager_us": round(r["eager_us"], 2), "dense_over_budget_eager_us": round(f["eager_us"], 2),
-                   "dense_form": d["form"], "raas_splits": r["splits"], "raas_block_n": r["block_n"],
+                   "dense_form": d["form"], "raas_config": [r["splits"], r["block_n"], r["warps"], r["stages"]],
                    "raas_split_us": round(r["split_us"], 2), "raas_finish_us": round(r["finish_us"], 2),
                    "raas_vs_floor": round(r["us"] / f["us"], 3), "dense_vs_raas": round(d["us"] / r["us"], 2),
                    "raas_gb_s": round(r["kv_bytes"] / r["us"] / 1e3, 1), "max_abs_err": r["max_abs_err"],
