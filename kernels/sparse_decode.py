@@ -17,6 +17,7 @@ Inputs (SGLang's and RaasState's tensors, as they are):
   seq_lens     [bs] int64                         tokens per row, the one written this step included
   pin_len      [num_rows] int64                   RaasState.pin_len (tokens [0, pin_len) pinned)
   pages        [num_rows, L] int64                RaasState.pages (logical decode pages, EMPTY = -1)
+  window       optional (lo [bs], hi [bs]) int64  pinned positions in [lo, hi) are skipped (streaming)
 Outputs:
   out          [bs, q_heads, head_dim]            softmax(q K^T * sm_scale) V over the resident tokens
   mass         [bs, L] float32                    per decode slot j: the probability mass of page pages[row, j],
@@ -43,13 +44,19 @@ import triton.language as tl
 EMPTY = -1
 
 
-def resident_positions(seq_len: int, pin_len: int, pages_row: torch.Tensor, page_size: int):
+def resident_positions(seq_len: int, pin_len: int, pages_row: torch.Tensor, page_size: int,
+                       window: tuple[int, int] | None = None):
     """(positions [n] int64, slot_of [n] int64): the logical positions a row attends, and for each the decode
-    slot j whose page holds it (-1 for pinned positions). The definition shared by the reference and tests."""
+    slot j whose page holds it (-1 for pinned positions). `window` (lo, hi): of the pinned positions only those
+    < lo or >= hi (a prompt-narrowing policy such as streaming). The definition shared by the reference and
+    tests."""
     ps = page_size
     n_pin = min(-(-pin_len // ps), -(-seq_len // ps))
-    pos = [torch.arange(n_pin * ps)]
-    slot = [torch.full((n_pin * ps,), -1, dtype=torch.int64)]
+    pinned = torch.arange(n_pin * ps)
+    if window is not None:
+        pinned = pinned[(pinned < window[0]) | (pinned >= window[1])]
+    pos = [pinned]
+    slot = [torch.full((len(pinned),), -1, dtype=torch.int64)]
     for j, p in enumerate(pages_row.tolist()):
         if p >= 0:
             pos.append(torch.arange(p * ps, (p + 1) * ps))
@@ -60,8 +67,9 @@ def resident_positions(seq_len: int, pin_len: int, pages_row: torch.Tensor, page
 
 
 def sparse_decode_ref(q, k_buf, v_buf, req_to_token, rows, seq_lens, pin_len, pages, sm_scale: float,
-                      page_size: int, heads_reduce: str = "mean"):
-    """(out [bs, q_heads, d] float32, mass [bs, L] float32), computed row by row in float32."""
+                      page_size: int, heads_reduce: str = "mean", window=None):
+    """(out [bs, q_heads, d] float32, mass [bs, L] float32), computed row by row in float32. `window`: None or
+    (lo [bs], hi [bs]) as in `sparse_decode`."""
     bs, q_heads, d = q.shape
     g = q_heads // k_buf.shape[1]
     L = pages.shape[1]
@@ -69,7 +77,8 @@ def sparse_decode_ref(q, k_buf, v_buf, req_to_token, rows, seq_lens, pin_len, pa
     mass = torch.zeros((bs, L), dtype=torch.float32, device=q.device)
     for b in range(bs):
         row = int(rows[b])
-        pos, slot_of = resident_positions(int(seq_lens[b]), int(pin_len[row]), pages[row].cpu(), page_size)
+        win = None if window is None else (int(window[0][b]), int(window[1][b]))
+        pos, slot_of = resident_positions(int(seq_lens[b]), int(pin_len[row]), pages[row].cpu(), page_size, win)
         idx = req_to_token[row, pos.to(req_to_token.device)].long()
         k = k_buf[idx].float().repeat_interleave(g, dim=1)  # [n, q_heads, d]
         v = v_buf[idx].float().repeat_interleave(g, dim=1)
@@ -83,7 +92,7 @@ def sparse_decode_ref(q, k_buf, v_buf, req_to_token, rows, seq_lens, pin_len, pa
 
 @triton.jit
 def _split_kernel(
-    q_ptr, k_ptr, v_ptr, r2t_ptr, rows_ptr, seq_ptr, pin_ptr, pages_ptr,
+    q_ptr, k_ptr, v_ptr, r2t_ptr, rows_ptr, seq_ptr, pin_ptr, pages_ptr, lo_ptr, hi_ptr,
     acc_ptr, m_ptr, l_ptr, psum_ptr, pref_ptr,
     sm_scale, stride_r2t, stride_qb, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
     Q_HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr, L: tl.constexpr, PS: tl.constexpr,
@@ -97,6 +106,8 @@ def _split_kernel(
     row = tl.load(rows_ptr + b).to(tl.int64)
     seq = tl.load(seq_ptr + b).to(tl.int64)
     pin = tl.load(pin_ptr + row).to(tl.int64)
+    win_lo = tl.load(lo_ptr + b).to(tl.int64)  # pinned positions in [win_lo, win_hi) are not attended
+    win_hi = tl.load(hi_ptr + b).to(tl.int64)
     n_pin = tl.minimum((pin + PS - 1) // PS, (seq + PS - 1) // PS)
     total = (n_pin + L) * PS  # virtual tokens of the row
     chunk = tl.cdiv(tl.cdiv(total, SPLITS), BLOCK_N) * BLOCK_N
@@ -124,7 +135,7 @@ def _split_kernel(
         lp = tl.load(pages_ptr + row * L + tl.where(is_dec, j, 0)).to(tl.int64)
         lp = tl.where(is_dec, lp, tl.where(inr, e, -1))
         pos = lp * PS + v % PS
-        valid = (lp >= 0) & (pos < seq)
+        valid = (lp >= 0) & (pos < seq) & (is_dec | (pos < win_lo) | (pos >= win_hi))
         slot = tl.load(r2t_ptr + row * stride_r2t + tl.where(valid, pos, 0)).to(tl.int64)
         k = tl.load(k_ptr + slot[:, None] * stride_kt + h * stride_kh + offs_d[None, :])  # invalid: slot 0, masked below
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * sm_scale  # [BLOCK_H, BLOCK_N]
@@ -247,15 +258,16 @@ class Launch(NamedTuple):
 
 def plan(q, k_buf, v_buf, req_to_token, rows, seq_lens, pin_len, pages, sm_scale: float, page_size: int,
          out, mass, ws: Workspace, *, accumulate: bool, heads_reduce: str, splits: int, block_n: int,
-         num_warps: int, num_stages: int) -> list[Launch]:
+         num_warps: int, num_stages: int, window=None) -> list[Launch]:
     """The two launches of one `sparse_decode` call (also what `sm90_check` compiles ahead of time)."""
+    lo, hi = (seq_lens, seq_lens) if window is None else window  # lo = seq_len: every pinned position < lo
     bs, q_heads, d = q.shape
     kv_heads = k_buf.shape[1]
     L = pages.shape[1]
     # small K tiles keep the registers under the spill line: 16 KB for 16-bit types; float32 dots run on FMAs, 8 KB
     block_n = max(min(block_n, (16384 if q.element_size() < 4 else 8192) // (d * q.element_size())), page_size)
     split = Launch(_split_kernel, (bs, kv_heads, splits), [
-        q, k_buf, v_buf, req_to_token, rows, seq_lens, pin_len, pages, ws.acc, ws.m, ws.l, ws.psum, ws.pref,
+        q, k_buf, v_buf, req_to_token, rows, seq_lens, pin_len, pages, lo, hi, ws.acc, ws.m, ws.l, ws.psum, ws.pref,
         sm_scale, req_to_token.stride(0), q.stride(0), q.stride(1), k_buf.stride(0), k_buf.stride(1),
         v_buf.stride(0), v_buf.stride(1),
     ], dict(Q_HEADS=q_heads, KV_HEADS=kv_heads, D=d, L=L, PS=page_size, SPLITS=splits,
@@ -273,9 +285,11 @@ def plan(q, k_buf, v_buf, req_to_token, rows, seq_lens, pin_len, pages, sm_scale
 def sparse_decode(q, k_buf, v_buf, req_to_token, rows, seq_lens, pin_len, pages, sm_scale: float, page_size: int,
                   *, out=None, mass=None, accumulate: bool = False, heads_reduce: str = "mean",
                   workspace: Workspace | None = None, splits: int | None = None, block_n: int = 64,
-                  num_warps: int = 4, num_stages: int = 2):
+                  num_warps: int = 4, num_stages: int = 2, window=None):
     """Triton version of `sparse_decode_ref`: returns (out [bs, hq, d] in `out`'s dtype (default q's), mass
-    [bs, L] float32). Pass `out`, `mass` and `workspace` to reuse buffers (no allocation: CUDA-graph safe)."""
+    [bs, L] float32). Pass `out`, `mass` and `workspace` to reuse buffers (no allocation: CUDA-graph safe).
+    `window` (lo [bs], hi [bs]) int64: pinned positions in [lo, hi) are not attended (streaming's prompt window;
+    `RaasState.prompt_window` gives a = lo, b = hi); None attends every pinned position."""
     bs, q_heads, d = q.shape
     L = pages.shape[1]
     if page_size & (page_size - 1) or d & (d - 1):
@@ -289,7 +303,7 @@ def sparse_decode(q, k_buf, v_buf, req_to_token, rows, seq_lens, pin_len, pages,
         bs, q_heads, d, L, splits, q.device)
     for launch in plan(q, k_buf, v_buf, req_to_token, rows, seq_lens, pin_len, pages, sm_scale, page_size, out,
                        mass, ws, accumulate=accumulate, heads_reduce=heads_reduce, splits=splits, block_n=block_n,
-                       num_warps=num_warps, num_stages=num_stages):
+                       num_warps=num_warps, num_stages=num_stages, window=window):
         launch()
     return out, mass
 

@@ -96,9 +96,10 @@ class Runtime:
         self.heads_reduce, self.layers_reduce = config.reduce.split("-")
         self.decode = ResidentDecode()  # the torch-native batched decode over `table` (reused buffers)
         self.layer_mass: torch.Tensor | None = None  # [bs, hq, n_max] the current layer's attention probabilities
-        # triton with --raas-score exact: (rows [bs] int64, seq_lens [bs]) when this decode forward runs the
-        # plugin's kernel (`kernel_decode`) instead of upstream's over kv_indices; None otherwise
-        self.kernel_batch: tuple[torch.Tensor, torch.Tensor] | None = None
+        # triton with --raas-score exact: (rows, seq_lens, (a, b)) [bs] int64 when this decode forward runs the
+        # plugin's kernel (`kernel_decode`) instead of upstream's over kv_indices, (a, b) being each row's prompt
+        # window (`RaasState.prompt_window`); None otherwise
+        self.kernel_batch: tuple | None = None
         self.kernel_ws = None  # the kernel's reused workspace (raas_sglang.kernels.sparse_decode.Workspace)
         self.current_layer = 0  # set around each layer's torch-native decode (Quest selection needs it)
         self.num_layers = 0
@@ -397,7 +398,7 @@ class Runtime:
         q [bs, q_heads, d]; k_buf, v_buf [num_slots, kv_heads, d] (the layer's pool)."""
         from raas_sglang.kernels.sparse_decode import Workspace, default_splits, sparse_decode
 
-        rows, seq_lens = self.kernel_batch
+        rows, seq_lens, window = self.kernel_batch
         state, (bs, heads, d) = self.state, q.shape
         self.totals.kernel_layer_calls += 1
         splits = default_splits(bs, k_buf.shape[1], q.device)
@@ -407,7 +408,7 @@ class Runtime:
         mass = self.acc if add else torch.zeros((bs, state.L), dtype=torch.float32, device=q.device)
         sparse_decode(q, k_buf, v_buf, req_to_token, rows, seq_lens, state.pin_len, state.pages, sm_scale,
                       self.config.page_size, out=o, mass=mass, accumulate=add, heads_reduce=self.heads_reduce,
-                      workspace=self.kernel_ws, splits=splits)
+                      workspace=self.kernel_ws, splits=splits, window=window)
         if self.acc is not None and not add:
             torch.maximum(self.acc, mass, out=self.acc)
 

@@ -190,9 +190,6 @@ def unsupported(view) -> list[str]:
     if config.score == "exact" and backends - {"torch_native", "triton"}:
         problems.append("--raas-score exact on the flashinfer backend (its kernels give no attention mass); use "
                         "--raas-score quest or auto, or --attention-backend triton")
-    if config.score == "exact" and _decode_backend(view) == "triton" and config.policy in cfg.WHOLE_PROMPT_ONLY:
-        problems.append("--raas-score exact on the triton backend (its exact kernel attends every prompt page, "
-                        "which this policy narrows or selects from); use --raas-score quest")
     if getattr(view, "enable_mixed_chunk", False):
         problems.append("mixed chunked prefill (decode rows would take the extend path); drop --enable-mixed-chunk")
     if getattr(view, "enable_streaming_session", False):

@@ -14,7 +14,6 @@ from typing import Any, Mapping, NamedTuple
 POLICIES = ("dense", "raas", "streaming", "h2o", "quest", "raas+quest")
 EVICTING = frozenset({"raas", "streaming", "h2o", "raas+quest"})  # decode KV bounded (physically evicted)
 SELECTING = frozenset({"quest", "raas+quest"})  # pick the pages attended per layer from Quest page key bounds
-WHOLE_PROMPT_ONLY = frozenset({"streaming"}) | SELECTING  # not servable by the exact triton kernel (see exact_kernel)
 DEFAULT_POLICY = "dense"
 DEFAULT_BUDGET_TOKENS = 2048
 # The stamp refresh rule: a page counts as attended this step if it is among the top `ratio` of the row's resident
@@ -71,8 +70,8 @@ class RaasConfig:
     reserve: float = DEFAULT_RESERVE
     refresh_threshold: float = DEFAULT_REFRESH_THRESHOLD
     # set at startup when decode runs on the triton backend with --raas-score exact: attention and exact page
-    # mass come from `raas_sglang.kernels.sparse_decode`, which attends every pinned prompt page, so the policies
-    # that narrow the prompt (streaming) or select pages (quest, raas+quest) are refused on such a server
+    # mass come from `raas_sglang.kernels.sparse_decode`, which selects no pages, so the selecting policies
+    # (quest, raas+quest) are refused per request on such a server (and at startup by server_args)
     exact_kernel: bool = False
 
     @property
@@ -214,10 +213,10 @@ def request_overrides(custom_params: Mapping[str, Any] | None, server: RaasConfi
             f"custom_params.kv_policy: {policy!r} needs a server started with a budgeted --kv-policy "
             f"({', '.join(POLICIES[1:])}); this one is dense"
         )
-    if server.exact_kernel and policy in WHOLE_PROMPT_ONLY:
+    if server.exact_kernel and policy in SELECTING:
         raise ConfigError(
             f"custom_params.kv_policy: {policy!r} is not available on this server (--raas-score exact on the triton "
-            f"backend attends every prompt page); use raas, h2o or dense here"
+            f"backend selects no pages); use raas, streaming, h2o or dense here"
         )
     if policy in SELECTING and not server.keeps_bounds:
         raise ConfigError(

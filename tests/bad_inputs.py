@@ -48,10 +48,6 @@ FLAGS = {
         ["--kv-policy", "raas", "--raas-score", "exact", "--attention-backend", "flashinfer", "--max-total-tokens", "4096"],
         "--kv-policy raas does not support --raas-score exact on the flashinfer backend",
     ),
-    "exact-triton-streaming": (
-        ["--kv-policy", "streaming", "--raas-score", "exact", "--attention-backend", "triton", "--max-total-tokens", "4096"],
-        "--kv-policy streaming does not support --raas-score exact on the triton backend (its exact kernel attends every",
-    ),
     "quest-on-triton": (
         ["--kv-policy", "quest", "--attention-backend", "triton", "--max-total-tokens", "4096"],
         "--kv-policy quest does not support Quest page selection on the triton/flashinfer backends",

@@ -71,12 +71,11 @@ def test_request_budget_past_64_bits_is_too_large_not_a_type_error():
 
 
 def test_exact_kernel_server_refuses_prompt_narrowing_requests():
-    """On triton with --raas-score exact the kernel attends every prompt page: streaming (and the selecting
-    policies) are refused per request, the whole-prompt policies pass."""
+    """On triton with --raas-score exact the kernel selects no pages: quest and raas+quest are refused per
+    request (naming the server's limit, not the bounds), the evicting policies pass."""
     server = RaasConfig(policy="raas", page_size=16, score="exact", exact_kernel=True)
-    for policy in ("raas", "h2o", "dense"):
+    for policy in ("raas", "streaming", "h2o", "dense"):
         assert request_overrides({"kv_policy": policy}, server).policy == policy
-    for policy in ("streaming", "quest", "raas+quest"):
+    for policy in ("quest", "raas+quest"):
         with pytest.raises(ConfigError, match=re.escape(f"custom_params.kv_policy: '{policy}' is not available on")):
             request_overrides({"kv_policy": policy}, server)
-    assert request_overrides({"kv_policy": "streaming"}, RaasConfig(policy="raas", page_size=16)).policy == "streaming"

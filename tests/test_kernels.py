@@ -103,6 +103,23 @@ def test_sparse_decode_accumulates_and_reduces_max(splits, block_n):
     assert torch.allclose(mass, prior + ref_mass, atol=1e-5)
 
 
+@pytest.mark.parametrize("ps, gqa", [(1, 4), (16, 1), (64, 8)])
+def test_sparse_decode_prompt_window(ps, gqa):
+    """streaming's prompt window: of the pinned positions only [0, lo) and [hi, pin_end) are attended."""
+    case = resident_case(5, ps, gqa, 64, seed=ps + gqa)
+    rows, seq_lens, pin_len = case[4], case[5], case[6]
+    pin_end = torch.minimum((pin_len[rows] + ps - 1) // ps * ps, seq_lens)
+    g = torch.Generator().manual_seed(ps)
+    lo = torch.minimum(pin_end, torch.full_like(pin_end, ps))  # a sink page
+    hi = lo + (torch.rand(len(lo), generator=g).to(DEV) * (pin_end - lo + 1)).long().clamp(max=pin_end - lo)
+    out, mass = sparse_decode(*case, 0.125, ps, window=(lo, hi))
+    ref_out, ref_mass = sparse_decode_ref(*case, 0.125, ps, window=(lo, hi))
+    assert torch.allclose(out, ref_out, atol=1e-4, rtol=1e-4)
+    assert torch.allclose(mass, ref_mass, atol=1e-5)
+    full_out, _ = sparse_decode_ref(*case, 0.125, ps)
+    assert not torch.allclose(ref_out, full_out, atol=1e-4)  # the window really removed attended positions
+
+
 @pytest.mark.gpu
 def test_sparse_decode_replays_in_a_cuda_graph():
     """Buffers sized once, inputs changed in place between replays: the graph gives the reference each time."""

@@ -37,17 +37,17 @@ def servers(model_dir, tmp_path_factory):
         srv.stop()
 
 
-def _batch(server) -> list[dict]:
-    with ThreadPoolExecutor(len(REQUESTS)) as pool:
-        return list(pool.map(lambda r: gen(server, r[0], r[1], **r[2]), REQUESTS))
+def _batch(server, requests=REQUESTS) -> list[dict]:
+    with ThreadPoolExecutor(len(requests)) as pool:
+        return list(pool.map(lambda r: gen(server, r[0], r[1], **r[2]), requests))
 
 
-def compare_backends(servers, hf, same_trace: bool = False) -> dict:
+def compare_backends(servers, hf, same_trace: bool = False, requests=REQUESTS) -> dict:
     """Run the ragged batch on both servers: same tokens and evictions (and, with `same_trace`, the same victims
     at the same steps), log-probs within 1e-4, the triton output equal to the HF reference masked to what it
     kept. Returns the triton server's `raas` info."""
     with ThreadPoolExecutor(2) as pool:
-        got, want = pool.map(_batch, (servers["triton"], servers["torch_native"]))
+        got, want = pool.map(lambda srv: _batch(srv, requests), (servers["triton"], servers["torch_native"]))
     assert got[0]["meta_info"]["raas"]["evicted_pages"] >= 2 and got[1]["meta_info"]["raas"]["evicted_pages"] >= 2
     for g, w in zip(got, want):
         assert g["output_ids"] == w["output_ids"]

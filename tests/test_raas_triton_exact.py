@@ -2,7 +2,8 @@
 (`raas_sglang.kernels.sparse_decode`, reading the resident pages from the RaaS state, no index list), which also
 gives each page's exact attention mass. End to end on CPU under the Triton interpreter (float32, page 16, radix
 on, strict KV checks): with evictions its output equals the torch_native backend's exact-scored output, token for
-token, so both choose the same victims from the same scores; the kept positions match the HF reference."""
+token, so both choose the same victims from the same scores (streaming's prompt window applied by the kernel
+too); the kept positions match the HF reference."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 
 from conftest import STRICT_ENV, serve
 from raas_helpers import gen
-from test_raas_triton import PROMPT, compare_backends
+from test_raas_triton import PROMPT, REQUESTS, compare_backends
 
 
 @pytest.fixture(scope="module")
@@ -32,16 +33,19 @@ def servers(model_dir, tmp_path_factory):
 
 
 def test_triton_kernel_equals_torch_native_exact(servers, hf):
-    info = compare_backends(servers, hf, same_trace=True)
+    """The ragged batch plus a streaming row, whose prompt window the kernel applies (its prompt falls out of
+    the 32-token window: only the sink page of it stays attended)."""
+    streaming = ([1] + list(range(300, 340)), 80, {"kv_policy": "streaming", "raas_budget": 32})
+    info = compare_backends(servers, hf, same_trace=True, requests=(*REQUESTS, streaming))
     assert info["exact_kernel"] is True and info["score"] == "exact"
     assert info["exact_kernel_layer_calls"] >= 2 * 80  # 2 layers x the ~89 steps after the first decode page
 
 
-def test_prompt_narrowing_policy_refused_per_request(servers):
-    """streaming drops prompt pages the exact kernel would attend: HTTP 400 naming the field; still serving."""
+def test_selecting_policy_refused_per_request(servers):
+    """The kernel selects no pages: a quest request gets HTTP 400 naming the field; the server keeps serving."""
     srv = servers["triton"]
     with pytest.raises(urllib.error.HTTPError) as err:
-        gen(srv, PROMPT, 4, kv_policy="streaming")
+        gen(srv, PROMPT, 4, kv_policy="quest")
     body = err.value.read().decode()
-    assert err.value.code == 400 and "custom_params.kv_policy: 'streaming' is not available on this server" in body
+    assert err.value.code == 400 and "custom_params.kv_policy: 'quest' is not available on this server" in body
     assert len(gen(srv, PROMPT, 4)["output_ids"]) == 4
