@@ -121,6 +121,9 @@ class ServerFailed(RuntimeError):
     pass
 
 
+BIND_FAILED = "address already in use"  # uvicorn's bind error: another process took the port after free_port()
+
+
 def start_server(
     model: str | Path,
     args: Sequence[str] = (),
@@ -129,9 +132,26 @@ def start_server(
     env: dict[str, str] | None = None,
     timeout: float = 300,
     log_path: str | Path | None = None,
+    attempts: int = 3,
 ) -> Server:
-    """Launch a server and wait until `/health` answers 200. Raises `ServerFailed` with the log tail."""
-    port = port or free_port()
+    """Launch a server and wait until `/health` answers 200. Raises `ServerFailed` with the log tail.
+
+    NOTE: a port from `free_port()` can be taken before the server binds it (servers started side by side pick
+    their internal ports at random); then SGLang's launcher logs the bind error and hangs, so the server is
+    stopped and started again on a fresh port, up to `attempts` times (only when no `port` was asked for)."""
+    for attempt in range(attempts if port is None else 1):
+        try:
+            return _start_once(model, args, port or free_port(), env, timeout, log_path)
+        except _PortTaken as taken:
+            if attempt == attempts - 1 or port is not None:
+                raise ServerFailed(str(taken)) from None
+
+
+class _PortTaken(ServerFailed):
+    pass
+
+
+def _start_once(model, args, port: int, env, timeout: float, log_path) -> Server:
     if log_path is None:
         log_path = Path(tempfile.mkstemp(prefix=f"sglang-{port}-", suffix=".log")[1])
     log_path = Path(log_path)
@@ -155,6 +175,9 @@ def start_server(
                     return server
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
+        if BIND_FAILED in server.log_text():
+            server.stop()
+            raise _PortTaken(f"port {port} was taken before the server bound it:\n{server.log_text()[-2000:]}")
         time.sleep(1)
     server.stop()
     raise ServerFailed(f"server not healthy after {timeout:.0f} s:\n{server.log_text()[-4000:]}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -52,6 +53,25 @@ def model_dir() -> Path:
 def serve(model_dir: Path, *args: str, tmp: Path, env: dict | None = None) -> Server:
     """Start a server with the tests' defaults (small pool, CPU flags added by the launcher)."""
     return start_server(model_dir, [*SMALL_POOL, *args], log_path=tmp / "server.log", env=env)
+
+
+def serve_all(model_dir: Path, specs: dict[str, tuple[tuple, Path, dict | None]]) -> dict[str, Server]:
+    """Start servers side by side (each start is ~25 s of mostly imports): name -> (flags, log folder, env).
+    If one fails, the others are stopped before the error propagates (a module fixture that raises before its
+    `yield` never runs its teardown, and a server left running would slow every later test)."""
+    with ThreadPoolExecutor(len(specs)) as pool:
+        futures = {name: pool.submit(serve, model_dir, *args, tmp=tmp, env=env) for name, (args, tmp, env) in specs.items()}
+    started, error = {}, None
+    for name, future in futures.items():
+        try:
+            started[name] = future.result()
+        except Exception as err:  # noqa: BLE001 - re-raised below, after cleanup
+            error = error or err
+    if error is not None:
+        for server in started.values():
+            server.stop()
+        raise error
+    return started
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import STRICT_ENV, serve
+from conftest import STRICT_ENV, serve_all
 from raas_helpers import gen, masked_reference_error
 
 PROMPT = [1] + list(range(30, 70))  # 41 tokens
@@ -25,13 +25,11 @@ REQUESTS = (  # (prompt, new tokens, custom params): a ragged batch, RaaS rows w
 def servers(model_dir, tmp_path_factory):
     """Start both servers at once (each start is ~25 s of mostly imports)."""
     common = ("--kv-policy", "raas", "--raas-budget", "256")
-    with ThreadPoolExecutor(2) as pool:
-        triton = pool.submit(
-            serve, model_dir, *common, "--attention-backend", "triton",
-            tmp=tmp_path_factory.mktemp("triton"), env={**STRICT_ENV, "TRITON_INTERPRET": "1"},
-        )
-        native = pool.submit(serve, model_dir, *common, "--raas-score", "quest", tmp=tmp_path_factory.mktemp("native"), env=STRICT_ENV)
-        srvs = {"triton": triton.result(), "torch_native": native.result()}
+    srvs = serve_all(model_dir, {
+        "triton": ((*common, "--attention-backend", "triton"), tmp_path_factory.mktemp("triton"),
+                   {**STRICT_ENV, "TRITON_INTERPRET": "1"}),
+        "torch_native": ((*common, "--raas-score", "quest"), tmp_path_factory.mktemp("native"), STRICT_ENV),
+    })
     yield srvs
     for srv in srvs.values():
         srv.stop()

@@ -8,11 +8,10 @@ too); the kept positions match the HF reference."""
 from __future__ import annotations
 
 import urllib.error
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import STRICT_ENV, serve
+from conftest import STRICT_ENV, serve_all
 from raas_helpers import gen
 from test_raas_triton import PROMPT, REQUESTS, compare_backends
 
@@ -20,13 +19,11 @@ from test_raas_triton import PROMPT, REQUESTS, compare_backends
 @pytest.fixture(scope="module")
 def servers(model_dir, tmp_path_factory):
     common = ("--kv-policy", "raas", "--raas-budget", "256", "--raas-score", "exact")
-    with ThreadPoolExecutor(2) as pool:
-        triton = pool.submit(
-            serve, model_dir, *common, "--attention-backend", "triton",
-            tmp=tmp_path_factory.mktemp("triton_exact"), env={**STRICT_ENV, "TRITON_INTERPRET": "1"},
-        )
-        native = pool.submit(serve, model_dir, *common, tmp=tmp_path_factory.mktemp("native_exact"), env=STRICT_ENV)
-        srvs = {"triton": triton.result(), "torch_native": native.result()}
+    srvs = serve_all(model_dir, {
+        "triton": ((*common, "--attention-backend", "triton"), tmp_path_factory.mktemp("triton_exact"),
+                   {**STRICT_ENV, "TRITON_INTERPRET": "1"}),
+        "torch_native": (common, tmp_path_factory.mktemp("native_exact"), STRICT_ENV),
+    })
     yield srvs
     for srv in srvs.values():
         srv.stop()
