@@ -34,6 +34,7 @@ split and tile boundaries are page boundaries.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -233,12 +234,18 @@ class Workspace:
         return tuple(self.acc.shape) == (bs, q_heads, splits, head_dim) and self.psum.shape[2] == L
 
 
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def default_splits(bs: int, kv_heads: int, device) -> int:
     """Splits per (row, KV head): enough programs for ~4 per multiprocessor, a power of two in [1, 16]; 1 off
-    CUDA (the interpreter runs programs one after another)."""
-    if torch.device(device).type != "cuda":
+    CUDA (the interpreter runs programs one after another). Called per layer: the device query is cached."""
+    device = torch.device(device)
+    if device.type != "cuda":
         return 1
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    sms = _multiprocessors(device)
     want = triton.cdiv(4 * sms, max(1, bs * kv_heads))
     return min(16, triton.next_power_of_2(want))
 

@@ -70,8 +70,7 @@ def _build_tables(rt: runtime.Runtime, backend, forward_batch, exact: bool, batc
     cand_end = rt.selection_ends(rows, seq_lens) if batched and rt.config.keeps_bounds else None
     if kernel:  # NOTE: no selecting policy runs on such a server (config.exact_kernel)
         if scoring or bool((rt.state.evicted[rows] > 0).any()):
-            pin_end = torch.minimum(rt.state.first_decode_page(rows) * rt.config.page_size, seq_lens)  # [bs]
-            rt.kernel_batch = (rows, seq_lens, rt.state.prompt_window(rows, pin_end, seq_lens))
+            rt.kernel_batch = (rows, seq_lens, rt.prompt_window(rows, seq_lens)[1])
     elif scoring or cand_end is not None or bool((rt.state.evicted[rows] > 0).any()):
         pos, n, col_slot = rt.resident_positions(rows, seq_lens)
         slots = req_to_token[rows[:, None], pos].to(torch.int64)  # [bs, n_max] KV slots

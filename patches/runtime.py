@@ -287,6 +287,12 @@ class Runtime:
 
     # -- attention-side ------------------------------------------------------------------------------------------
 
+    def prompt_window(self, rows: torch.Tensor, seq_lens: torch.Tensor):
+        """(pin_end, (a, b)) [bs] int64: the end of each row's pinned region and the pinned positions it attends,
+        [0, a) + [b, pin_end) (`RaasState.prompt_window`: its policy's choice)."""
+        pin_end = torch.minimum(self.state.first_decode_page(rows) * self.config.page_size, seq_lens)
+        return pin_end, self.state.prompt_window(rows, pin_end, seq_lens)
+
     def resident_positions(
         self, rows: torch.Tensor, seq_lens: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -300,8 +306,7 @@ class Runtime:
         token written this step), so no sort of positions is needed, only of the L page indices.
         """
         state, ps, L = self.state, self.config.page_size, self.state.L
-        pin_end = torch.minimum(state.first_decode_page(rows) * ps, seq_lens)  # [bs]
-        a, b = state.prompt_window(rows, pin_end, seq_lens)  # attended pinned positions: [0, a) + [b, pin_end)
+        pin_end, (a, b) = self.prompt_window(rows, seq_lens)
         n_pin = a + (pin_end - b)  # [bs]
         pages = state.pages[rows]  # [bs, L]
         valid = pages != EMPTY
