@@ -33,12 +33,12 @@ $(GPU_TRITON_DIR)/.installed: $(STAMP)
 	@$(PY) -m pip install -q --disable-pip-version-check --no-deps --target $(GPU_TRITON_DIR) triton==$(GPU_TRITON) 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 	@touch $@
 
-$(MODEL): $(STAMP) raas_sglang/tiny_model.py
+$(MODEL): $(STAMP) raas_sglang/dev/tiny_model.py
 	@echo "[setup] building the tiny model in .models/tiny (offline, deterministic)"
-	@$(PY) -m raas_sglang.tiny_model >/dev/null 2>&1 || $(PY) -m raas_sglang.tiny_model
+	@$(PY) -m raas_sglang.dev.tiny_model >/dev/null 2>&1 || $(PY) -m raas_sglang.dev.tiny_model
 
 demo: setup
-	@$(CPU_ENV) && $(PY) -m raas_sglang.demo
+	@$(CPU_ENV) && $(PY) -m raas_sglang.dev.demo
 
 test: setup
 	@$(CPU_ENV) && $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

@@ -8,8 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from raas_sglang import tiny_model
-from raas_sglang.launch import STRICT_KV_CHECKS, Server, start_server
+from raas_sglang.dev import tiny_model
+from raas_sglang.dev.launch import STRICT_KV_CHECKS, Server, start_server
 
 # the busy/idle pool identities only: the per-page ownership and duplicate-page sweeps cost O(pool) per step,
 # which would distort timings (tests run with all of STRICT_KV_CHECKS)

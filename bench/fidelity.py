@@ -1,9 +1,9 @@
 """`python -m bench.fidelity --json f.json`: toy-reasoner accuracy per KV policy x budget x task kind, served.
 
 One `--kv-policy raas` server with the committed toy reasoner (`models/toy-reasoner`, see
-`raas_sglang/toy_reasoner.py`); every request picks its policy and budget through `custom_params`, so all
+`raas_sglang/dev/toy_reasoner.py`); every request picks its policy and budget through `custom_params`, so all
 policies answer the same held-out problems (fixed seed, equal thirds over the kinds recent / prompt / early of
-`raas_sglang.toy_task`) on the same engine, greedy. Budgets are fractions of the mean dense trace length,
+`raas_sglang.dev.toy_task`) on the same engine, greedy. Budgets are fractions of the mean dense trace length,
 rounded up to whole pages. Writes JSON (+ CSV and a PNG of accuracy vs budget next to it).
 """
 
@@ -17,9 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench.common import leak_free, log, plot, raas_server, write_json
-from raas_sglang import toy_task
+from raas_sglang.dev import toy_task
 from raas_sglang.config import SELECTING
-from raas_sglang.toy_reasoner import MODEL_DIR
+from raas_sglang.dev.toy_reasoner import MODEL_DIR
 
 SEED = 11  # held-out: differs from the training seeds (>= 1000) and the training script's eval seed (7)
 FRACTIONS = (0.05, 0.125, 0.25, 0.5)

@@ -15,7 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from bench.common import generate, leak_free, log, raas_server, raas_summary, write_json
-from raas_sglang import tiny_model
+from raas_sglang.dev import tiny_model
 
 PROMPT = [1] + [40 + i for i in range(20)]
 

@@ -29,8 +29,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bench.common import log, raas_summary, wait_idle, write_json
-from raas_sglang import tiny_model
-from raas_sglang.launch import STRICT_KV_CHECKS, start_server
+from raas_sglang.dev import tiny_model
+from raas_sglang.dev.launch import STRICT_KV_CHECKS, start_server
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from bad_inputs import REQUESTS  # noqa: E402  (the deliberate bad requests: the table the tests run)

@@ -14,7 +14,7 @@ import json
 import time
 
 from bench.common import leak_free, log, raas_server, write_json
-from raas_sglang import tiny_model
+from raas_sglang.dev import tiny_model
 
 PROMPT = [1] + [40 + i for i in range(20)]  # 21 tokens
 

@@ -106,22 +106,6 @@ def _sparse_plan(dtype, bs, q_heads, kv_heads, d, ps, L, splits, heads_reduce="m
                    accumulate=True, heads_reduce=heads_reduce, splits=splits, block_n=64, num_warps=4, num_stages=2)
 
 
-def _quest_launches():
-    from raas_sglang.kernels import page_bounds, page_scores
-
-    d, kvh = 128, 8
-    kmin, slots = torch.empty(64, kvh, d), torch.empty(16, dtype=torch.int64)
-    k = torch.empty(16, kvh * d, dtype=torch.bfloat16)
-    q, pages = torch.empty(8, 32, d, dtype=torch.bfloat16), torch.empty(8, 128, dtype=torch.int64)
-    c = dict(row=kvh * d, BLOCK=kvh * d)
-    return {
-        "page_bounds.reset": (page_bounds._reset_kernel, [kmin, kmin, slots, 16], c),
-        "page_bounds.fold": (page_bounds._fold_kernel, [kmin, kmin, slots, k, 16], c),
-        "page_scores": (page_scores._page_scores_kernel, [q, kmin, kmin, pages, torch.empty(8), 0.08, 128],
-                        dict(Q_HEADS=32, KV_HEADS=kvh, D=d, BLOCK_P=32)),
-    }
-
-
 def checks() -> dict[str, dict]:
     """Compile the project's kernels for sm_90 at the shapes that matter; name -> Usage as a dict. The first
     pair is bench.kernels' shape (bf16, 32 query / 8 KV heads, head_dim 128, page 16, budget 2048)."""
@@ -136,9 +120,6 @@ def checks() -> dict[str, dict]:
         for part, launch in (("split", split), ("finish", finish)):
             u = compile_for_sm90(launch.kernel, launch.args, launch.constexprs, **launch.options)
             result[f"{name}.{part}"] = {**u._asdict(), "sass": dict(u.sass)}
-    for name, (fn, args, consts) in _quest_launches().items():
-        u = compile_for_sm90(fn, args, consts)
-        result[name] = {**u._asdict(), "sass": dict(u.sass)}
     return result
 
 

@@ -16,9 +16,9 @@ if not torch.cuda.is_available():
     # (raas_sglang.cpu_env.launch_env drops it unless asked).
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from raas_sglang import tiny_model
+from raas_sglang.dev import tiny_model
 from raas_sglang.cpu_env import has_cuda
-from raas_sglang.launch import STRICT_KV_CHECKS, Server, start_server
+from raas_sglang.dev.launch import STRICT_KV_CHECKS, Server, start_server
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL_POOL = ("--max-total-tokens", "4096", "--mem-fraction-static", "0.5")

@@ -9,8 +9,8 @@ import pytest
 
 from bench import accuracy
 from conftest import serve
-from raas_sglang import toy_task
-from raas_sglang.toy_reasoner import MODEL_DIR
+from raas_sglang.dev import toy_task
+from raas_sglang.dev.toy_reasoner import MODEL_DIR
 
 pytestmark = pytest.mark.skipif(not (MODEL_DIR / "model.safetensors").exists(), reason="toy reasoner not built")
 

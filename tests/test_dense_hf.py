@@ -57,7 +57,7 @@ def test_dense_keeps_stock_page_size(server):
 @pytest.fixture(scope="module")
 def stock(model_dir, tmp_path_factory):
     """The same server with the raas plugin excluded through SGLang's own plugin whitelist."""
-    from raas_sglang.launch import start_server
+    from raas_sglang.dev.launch import start_server
 
     from conftest import SMALL_POOL
 

@@ -12,8 +12,8 @@ import time
 
 import psutil
 
-from raas_sglang import tiny_model
-from raas_sglang.launch import start_server
+from raas_sglang.dev import tiny_model
+from raas_sglang.dev.launch import start_server
 
 
 def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:

@@ -14,8 +14,6 @@ CUDA = torch.cuda.is_available()
 if not CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")  # conftest sets it first; kept for running this file alone
 
-from raas_sglang.kernels.page_bounds import page_bounds_update, page_bounds_update_ref  # noqa: E402
-from raas_sglang.kernels.page_scores import page_scores, page_scores_ref  # noqa: E402
 from raas_sglang.kernels.sparse_decode import Workspace, sparse_decode, sparse_decode_ref  # noqa: E402
 
 DEV = "cuda" if CUDA else "cpu"
@@ -142,35 +140,3 @@ def test_sparse_decode_replays_in_a_cuda_graph():
         assert torch.allclose(out.float(), ref_out, atol=3e-2, rtol=3e-2)
         assert torch.allclose(mass, ref_mass, atol=2e-3)
     assert seq_lens.data_ptr() == case[5].data_ptr()
-
-
-@pytest.mark.parametrize("bs, ps, gqa, d", _cases(False) + _cases(True))
-def test_page_scores_match_reference(bs, ps, gqa, d):
-    torch.manual_seed(7 + bs + d)
-    num_pages, P = 64, 5 + 3 * bs
-    kmin = torch.randn(num_pages, KV_HEADS, d, device=DEV)
-    kmax = kmin + torch.rand(num_pages, KV_HEADS, d, device=DEV)
-    pages = torch.randint(1, num_pages, (bs, P), device=DEV)
-    pages[:, P // 2 + bs % 3 :] = -1  # ragged: empty slots at the end of some rows
-    q = torch.randn(bs, KV_HEADS * gqa, d, device=DEV)
-    got = page_scores(q, kmin, kmax, pages, 0.125)
-    ref = page_scores_ref(q, kmin, kmax, pages, 0.125)
-    assert torch.equal(torch.isinf(got), torch.isinf(ref))
-    fin = torch.isfinite(ref)
-    assert torch.allclose(got[fin], ref[fin], atol=1e-4, rtol=1e-4)
-
-
-@pytest.mark.parametrize("ps, d", [(1, 64), (16, 128), (16, 64)])
-def test_page_bounds_match_reference(ps, d):
-    torch.manual_seed(ps + d)
-    slots, kvh = 512, KV_HEADS
-    kmin = torch.randn(slots // ps + 1, kvh, d, device=DEV)  # stale bounds from earlier owners
-    kmax = kmin + 1
-    a_min, a_max, b_min, b_max = kmin.clone(), kmax.clone(), kmin.clone(), kmax.clone()
-    # a prefill of 37 tokens from page 3 on (several tokens per page), then one decode token per row
-    for written in (torch.arange(3 * ps, 3 * ps + 37), torch.tensor([3 * ps + 37, 9 * ps, 12 * ps + 1])):
-        keys = torch.randn(len(written), kvh, d, device=DEV)
-        written = written.to(DEV)
-        page_bounds_update(a_min, a_max, written, keys, ps)
-        page_bounds_update_ref(b_min, b_max, written, keys, ps)
-    assert torch.equal(a_min, b_min) and torch.equal(a_max, b_max)

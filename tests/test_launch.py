@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import socket
 
-from raas_sglang import launch
+from raas_sglang.dev import launch
 
 
 def test_port_taken_before_bind_is_retried(model_dir, tmp_path, monkeypatch):

@@ -1,6 +1,6 @@
-"""Train the toy reasoner: a small Llama that solves `raas_sglang.toy_task` problems step by step, on CPU.
+"""Train the toy reasoner: a small Llama that solves `raas_sglang.dev.toy_task` problems step by step, on CPU.
 
-    python -m raas_sglang.toy_reasoner [--minutes 35] [--out models/toy-reasoner]
+    python -m raas_sglang.dev.toy_reasoner [--minutes 35] [--out models/toy-reasoner]
 
 Character-level tokenizer (`tokenizers` WordLevel, one token per character), LlamaForCausalLM (4 layers, hidden
 128, 4 heads / 2 KV heads), float32, AdamW. What made this train on 2 cores (see ../shared/measure.md): the trace
@@ -19,9 +19,9 @@ import random
 import time
 from pathlib import Path
 
-from raas_sglang import toy_task
+from raas_sglang.dev import toy_task
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL_DIR = REPO_ROOT / "models" / "toy-reasoner"
 EVAL_SEED = 7  # held-out problems: training problems come from seeds >= 1000
 SHAPE = dict(

@@ -3,7 +3,7 @@
 Starts `python -m sglang.launch_server --kv-policy raas` on the tiny local model (CPU engine when there is no
 CUDA device), sends one long greedy request (`ignore_eos`), prints a short summary, stops the server.
 
-    python -m raas_sglang.demo [--new-tokens 1536] [--budget 256] [--model DIR]
+    python -m raas_sglang.dev.demo [--new-tokens 1536] [--budget 256] [--model DIR]
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from raas_sglang import tiny_model
-from raas_sglang.launch import start_server
+from raas_sglang.dev import tiny_model
+from raas_sglang.dev.launch import start_server
 
 PROMPT = (
     "Problem: a number plus its square equals 156. Find the number. Think step by step, check each case, "

@@ -3,7 +3,7 @@
 A byte-level BPE tokenizer trained with `tokenizers` on a corpus this module writes, a random-weight Llama in
 float32, and a chat template, saved with `save_pretrained` under a git-ignored cache folder. No hub access.
 
-    python -m raas_sglang.tiny_model [--out .models/tiny] [--force]
+    python -m raas_sglang.dev.tiny_model [--out .models/tiny] [--force]
 
 Rebuilding gives byte-identical weights (fixed seed) and the same tokenizer (fixed corpus).
 """
@@ -16,7 +16,7 @@ import os
 import random
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DIR = REPO_ROOT / ".models" / "tiny"
 BUILD_VERSION = 1  # bump when anything below changes, so cached models get rebuilt
 
