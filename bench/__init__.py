@@ -1,1 +1,1 @@
-"""Benchmarks (`python -m bench.<name> --json PATH`), per ../shared/measure.md. Added from step 2 on."""
+"""Benchmarks (`python -m bench.<name> --json PATH`), per docs/benchmarks.md. Added from step 2 on."""

@@ -1,6 +1,6 @@
 """`python -m bench.kernels --json k.json` (GPU): decode attention time per layer per step, dense vs RaaS.
 
-Batch 8, 32 query / 8 KV heads, head_dim 128, bf16, page 16 (../shared/measure.md):
+Batch 8, 32 query / 8 KV heads, head_dim 128, bf16, page 16 (docs/benchmarks.md):
 - `dense_us`: torch SDPA (flash) over N tokens per request;
 - `dense_over_budget_us`: the same over `budget` tokens (the physical floor of reading the budget);
 - `raas_us`: the project's kernel over the resident pages of each request (a 64-token pinned prompt plus L =

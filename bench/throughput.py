@@ -3,7 +3,7 @@
 The "bench" model shape (hidden 512, 4 layers, 8 heads, random weights) on one `--kv-policy raas` server; the
 dense run asks for `custom_params.kv_policy = dense`. One request with a short prompt decodes (`ignore_eos`)
 until its context is `--context` tokens (kept under 16,384: past that the CPU gather allocator cliff in
-../shared/measure.md would inflate the ratio); tokens/s is measured over the last 1024 tokens from the stream.
+docs/benchmarks.md would inflate the ratio); tokens/s is measured over the last 1024 tokens from the stream.
 """
 
 from __future__ import annotations

@@ -5,14 +5,17 @@ every child process (scheduler, detokenizer, DP controller, `sgl.Engine`). It re
 module with SGLang's `HookRegistry`; SGLang applies them right after all plugins have run.
 
 Seams (one module each; each names the upstream symbols it hooks):
-- `server_args`: the RaaS flags, validation, `sgl.Engine(kv_policy=...)`, overlap scheduler off under RaaS.
+- `server_args`: the RaaS flags and their validation, `sgl.Engine(kv_policy=...)`, the config on each record.
+- `overlap`: the overlap scheduler turned off under RaaS.
+- `startup_checks`: the startup refusals of the registry in `raas_sglang/refusals.py`, once the args are resolved.
 - `schedule`: eviction before each decode step's KV allocation; the decode memory check.
 - `admission`: prefill admission reserves at most prompt + L pages + one page for a RaaS request.
 - `attention`: the torch-native backend reads resident tokens only; page key bounds and page scores.
 - `attention_triton`, `attention_flashinfer`: the same resident set as kv_indptr/kv_indices for those backends.
 - `radix`: hole-aware radix inserts, row frees and pool accounting.
 - `api`: per-request validation (HTTP 400), `meta_info["raas"]`, `/get_server_info`, metrics, the decode log.
-- `runtime` (no hooks): the per-scheduler-process state those seams share.
+- `runtime` (no hooks): the per-scheduler-process state those seams share; `eviction` (no hooks): the frees.
+- `failpoints` (no hooks; test-only): fault injection behind `RAAS_TEST_FAULT`.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ def register() -> None:
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
     from raas_sglang.patches import (
-        admission, api, attention, attention_flashinfer, attention_triton, radix, schedule, server_args,
+        admission, api, attention, attention_flashinfer, attention_triton, failpoints, overlap, radix, schedule,
+        server_args, startup_checks,
     )
     from raas_sglang.patches.lazy import register_hooks_when_imported
 
@@ -47,7 +51,8 @@ def register() -> None:
         for target, fn, kind in hooks:
             HookRegistry.register(target, fn, HookType[kind])
 
-    now(server_args.HOOKS)
+    for module in (server_args, overlap, startup_checks):
+        now(module.HOOKS)
     if multiprocessing.parent_process() is None:
         server_args.install_engine_factory()
         for module, hooks in api.MAIN_HOOKS.items():
@@ -55,6 +60,7 @@ def register() -> None:
     else:
         for module in (schedule, admission, attention, radix):
             now(module.HOOKS)
+        failpoints.install()  # test-only: a no-op unless RAAS_TEST_FAULT is set
         now(api.SCHEDULER_HOOKS)
         for module in (attention_triton, attention_flashinfer):  # imported only by servers that use them
             register_hooks_when_imported(module.MODULE, module.HOOKS)

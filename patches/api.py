@@ -25,7 +25,7 @@ Scheduler process:
 
 from __future__ import annotations
 
-from raas_sglang.config import ConfigError, RaasConfig, request_overrides
+from raas_sglang.config import ConfigError, RaasConfig
 from raas_sglang.patches import runtime
 
 
@@ -41,16 +41,18 @@ def _server_config() -> RaasConfig:
 
 
 def verify(result, self, *args, **kwargs):
+    """The request rows of the refusal registry (`raas_sglang.refusals.REQUEST`); the first that refuses raises
+    a `ValueError` with its message, which SGLang answers with HTTP 400."""
     if not self.custom_params and (self.beam_width or 1) <= 1:
         return result
     try:
         config = _server_config()
     except Exception:  # no published server args in this process (e.g. a bare SamplingParams): nothing to check
         return result
-    if config.enabled and (self.beam_width or 1) > 1:
-        raise ValueError("beam_width: beam search is not supported with --kv-policy raas yet; use a dense server")
+    from raas_sglang.refusals import refuse_request
+
     try:
-        request_overrides(self.custom_params, config)
+        refuse_request(self.custom_params, config, self.beam_width)
     except ConfigError as err:
         raise ValueError(str(err)) from None
     return result

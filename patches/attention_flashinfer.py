@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import torch
 
-from raas_sglang.patches import attention, runtime
+from raas_sglang.patches import attention
 
 MODULE = "sglang.srt.layers.attention.flashinfer_backend"
 
@@ -33,15 +33,16 @@ class GivenLists(NamedTuple):
 
 
 def init_forward_metadata(self, forward_batch):
-    attention.begin_forward(self, forward_batch)
+    attention.begin_forward(self, forward_batch, attention.Backend.FLASHINFER)
 
 
 _SIGNATURES: dict = {}
 
 
 def call_begin_forward(orig, self, *args, **kwargs):
-    rt = runtime.get()
-    if rt is None or rt.table is None:
+    rt = attention._active()
+    fwd = rt.forward if rt is not None else None
+    if fwd is None or fwd.table is None:
         return orig(self, *args, **kwargs)
     sig = _SIGNATURES.setdefault(orig, inspect.signature(orig))
     call = sig.bind(self, *args, **kwargs)
@@ -49,7 +50,7 @@ def call_begin_forward(orig, self, *args, **kwargs):
     a = call.arguments
     if a["spec_info"] is not None or a["kv_start_idx"] is not None or a["use_sliding_window_kv_pool"]:
         return orig(self, *args, **kwargs)
-    table = rt.table
+    table = fwd.table
     bs = len(table.n)
     kv_indptr, kv_indices = table.ragged()  # [bs + 1] int32, [sum n] int64
     buf = a["kv_indptr"]
@@ -67,5 +68,5 @@ _B = MODULE + ".FlashInferAttnBackend"
 HOOKS = (
     (_B + ".init_forward_metadata", init_forward_metadata, "BEFORE"),
     (MODULE + ".FlashInferIndicesUpdaterDecode.call_begin_forward", call_begin_forward, "AROUND"),
-    *attention.layer_hooks(_B),
+    *attention.layer_hooks(_B, attention.Backend.FLASHINFER),
 )

@@ -6,7 +6,7 @@ Upstream symbols hooked (sglang 0.5.23, `sglang/srt/layers/attention/triton_back
   `(q, k_buffer, v_buffer, o, kv_indptr, kv_indices, attn_logits, attn_lse, num_kv_splits, max_kv_splits,
   sm_scale, k_scale, v_scale, logit_cap=, sinks=, xai_temperature_len=, ...)` after writing the KV). With
   `--raas-score exact` and a decode forward that needs the resident set, the wrapper runs the plugin's kernel
-  (`raas_sglang.kernels.sparse_decode`, via `Runtime.kernel_decode`) instead: it reads the resident pages from
+  (`raas_sglang.kernels.sparse_decode`, via `kernel_decode` below) instead: it reads the resident pages from
   the RaaS state and `req_to_token` directly and emits each page's exact attention mass in the same pass.
 - `init_forward_metadata(self, forward_batch)`, AFTER: once per forward, shared by all layers. With Quest scores
   (the default on this backend), for a decode batch with evicted pages, replace `forward_metadata.kv_indptr/
@@ -14,9 +14,9 @@ Upstream symbols hooked (sglang 0.5.23, `sglang/srt/layers/attention/triton_back
   recompute `num_kv_splits` from the resident lengths. The decode kernel (`decode_attention_fwd`, also its Lean
   variant) takes every length from `kv_indptr`, so this is all it needs; positions stay logical (RoPE was
   applied before the KV write). With exact scores no list is built (the kernel needs none).
-- `forward_decode` / `forward_extend`, AROUND: key folding and page scoring (`attention.layer_hooks`).
+- `forward_decode` / `forward_extend`, AROUND: key folding and Quest page scoring (`attention.layer_hooks`).
 
-NOTE: CUDA-graph decode is refused at startup under RaaS (server_args.unsupported), so the eager path above is
+NOTE: CUDA-graph decode is refused at startup under RaaS (a startup refusal), so the eager path above is
 the only decode path; sliding-window models are refused too (no window lists to rebuild).
 """
 
@@ -28,6 +28,7 @@ import functools
 import torch
 
 from raas_sglang.patches import attention, runtime
+from raas_sglang.step import DecodeStep
 
 MODULE = "sglang.srt.layers.attention.triton_backend"
 
@@ -40,8 +41,9 @@ def init(result, self, *args, **kwargs):
 def decode_attention_fwd(orig, backend, q, k_buffer, v_buffer, o, kv_indptr, kv_indices, attn_logits, attn_lse,
                          num_kv_splits, max_kv_splits, sm_scale, k_scale=1.0, v_scale=1.0, logit_cap=0.0,
                          sinks=None, xai_temperature_len=-1, **kwargs):
-    rt = runtime.get()
-    if rt is None or rt.kernel_batch is None:
+    rt = attention._active()
+    fwd = rt.forward if rt is not None else None
+    if fwd is None or fwd.window is None:
         return orig(q, k_buffer, v_buffer, o, kv_indptr, kv_indices, attn_logits, attn_lse, num_kv_splits,
                     max_kv_splits, sm_scale, k_scale, v_scale, logit_cap=logit_cap, sinks=sinks,
                     xai_temperature_len=xai_temperature_len, **kwargs)
@@ -50,20 +52,44 @@ def decode_attention_fwd(orig, backend, q, k_buffer, v_buffer, o, kv_indptr, kv_
             "raas_sglang: --raas-score exact on the triton backend does not handle logit capping, attention sinks, "
             "xai temperature or scaled KV; restart with --raas-score quest"
         )
-    rt.kernel_decode(q, k_buffer, v_buffer, o, sm_scale, backend.req_to_token_pool.req_to_token)
+    kernel_decode(rt, fwd, q, k_buffer, v_buffer, o, sm_scale, backend.req_to_token_pool.req_to_token)
     return o
 
 
+def kernel_decode(rt: runtime.Runtime, fwd: DecodeStep, q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor,
+                  o: torch.Tensor, sm_scale: float, req_to_token: torch.Tensor) -> None:
+    """One layer's decode attention over the resident pages, read straight from the state (no index list), into
+    `o` [bs, q_heads, d]; the layer's exact page mass is folded into the forward's scores when it scores.
+    q [bs, q_heads, d]; k_buf, v_buf [num_slots, kv_heads, d] (the layer's pool)."""
+    from raas_sglang.kernels.sparse_decode import Workspace, default_splits, sparse_decode
+
+    state, (bs, heads, d) = rt.state, q.shape
+    rt.totals.kernel_layer_calls += 1
+    splits = default_splits(bs, k_buf.shape[1], q.device)
+    if rt.kernel_ws is None or not rt.kernel_ws.fits(bs, heads, d, state.L, splits):
+        rt.kernel_ws = Workspace.make(bs, heads, d, state.L, splits, q.device)
+    scores = fwd.scores
+    if scores is not None:
+        mass, add = scores.kernel_target()  # [bs, L] float32
+    else:
+        mass, add = torch.zeros((bs, state.L), dtype=torch.float32, device=q.device), False
+    sparse_decode(q, k_buf, v_buf, req_to_token, fwd.rows, fwd.seq_lens, state.pin_len, state.pages, sm_scale,
+                  rt.config.page_size, out=o, mass=mass, accumulate=add, heads_reduce=scores.heads if scores else "mean",
+                  workspace=rt.kernel_ws, splits=splits, window=fwd.window)
+    if scores is not None:
+        scores.kernel_done(mass, add)
+        rt.layer_done(fwd, rt.layer_of(k_buf))
+
+
 def init_forward_metadata(result, self, forward_batch):
-    rt = runtime.get()
-    kernel = rt is not None and rt.config.exact_kernel
-    rt = attention.begin_forward(self, forward_batch, exact=kernel, kernel=kernel)
-    if rt is None or rt.table is None:
+    fwd = attention.begin_forward(self, forward_batch, attention.Backend.TRITON)
+    if fwd is None or fwd.table is None:
         return result
+    rt = runtime.get()
     with runtime.timed(rt, "tables"):
         md = self.forward_metadata
-        kv_indptr, kv_indices = rt.table.ragged()  # [bs + 1] int32, [sum n] int64
-        n = rt.table.n.to(forward_batch.seq_lens.dtype)  # [bs]
+        kv_indptr, kv_indices = fwd.table.ragged()  # [bs + 1] int32, [sum n] int64
+        n = fwd.table.n.to(forward_batch.seq_lens.dtype)  # [bs]
         num_kv_splits = torch.empty_like(md.num_kv_splits)  # [bs] int32
         if md.uneven_batch is not None:
             md.uneven_batch.zero_()
@@ -78,5 +104,5 @@ _C = MODULE + ".TritonAttnBackend"
 HOOKS = (
     (_C + ".__init__", init, "AFTER"),
     (_C + ".init_forward_metadata", init_forward_metadata, "AFTER"),
-    *attention.layer_hooks(_C),
+    *attention.layer_hooks(_C, attention.Backend.TRITON),
 )

@@ -28,16 +28,23 @@ def _row_info(rt: runtime.Runtime, req) -> runtime.RowInfo | None:
     return info if info is not None and info.rid == req.rid else None
 
 
-def checkpoint_into_tree(self, req, *args, up_to, **kwargs):
-    rt = runtime.get()
-    if rt is None or runtime.FAULT == "tree_adopts_hole":
-        return None
+def tree_cap(rt: runtime.Runtime, req, up_to: int) -> int:
+    """How far the tree may take `req`'s KV: `up_to`, capped at the first hole, and at the prompt while an
+    evicting request is unfinished."""
     cap = up_to
     info = _row_info(rt, req)
     if info is not None and info.raas and rt.state is not None:
         cap = min(cap, rt.state.first_hole(req.kv.req_pool_idx, up_to))
     if not req.finished() and request_policy(req, rt.config)[0] in EVICTING:
         cap = min(cap, max(len(req.origin_input_ids), req.kv.cache_protected_len))
+    return cap
+
+
+def checkpoint_into_tree(self, req, *args, up_to, **kwargs):
+    rt = runtime.get()
+    if rt is None:
+        return None
+    cap = tree_cap(rt, req, up_to)
     if cap == up_to:
         return None
     return (self, req, *args), {**kwargs, "up_to": cap}

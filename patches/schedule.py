@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from raas_sglang.patches import runtime
+from raas_sglang.patches import eviction, runtime
 from raas_sglang.patches.requests import request_policy
 
 logger = logging.getLogger("raas_sglang")
@@ -51,7 +51,7 @@ def _adopt_existing_decode_pages(rt: runtime.Runtime, batch, row: int, seq_len: 
     first = int(state.first_decode_page(rows)[0])
     for page in range(first, -(-seq_len // ps)):
         pos = torch.tensor([page * ps], device=dev)
-        rt.evict(rows, pos, batch.req_to_token_pool.req_to_token, batch.token_to_kv_pool_allocator)
+        eviction.evict(rt, rows, pos, batch.req_to_token_pool.req_to_token, batch.token_to_kv_pool_allocator)
         state.open_pages(rows, pos)
 
 
@@ -71,7 +71,7 @@ def alloc_for_decode(orig, batch, token_per_req):
         if opening:
             rows = batch.req_pool_indices.to(torch.int64)  # [bs]
             positions = batch.seq_lens.to(torch.int64)  # [bs] logical position of this step's token
-            rt.evict(rows, positions, req_to_token, batch.token_to_kv_pool_allocator)
+            eviction.evict(rt, rows, positions, req_to_token, batch.token_to_kv_pool_allocator)
     out = orig(batch, token_per_req)
     if opening:
         with runtime.timed(rt, "schedule"):

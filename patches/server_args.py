@@ -1,25 +1,26 @@
-"""Seam: the RaaS flags on SGLang's server arguments.
+"""Seam: the RaaS flags on SGLang's server arguments, and the RaaS config each record carries.
 
 Upstream symbols hooked (sglang 0.5.23, `sglang/srt/server_args.py`, `sglang/srt/entrypoints/engine.py`):
 
-- `ServerArgs.add_cli_args` (staticmethod), AFTER: adds `--kv-policy`, `--raas-budget`,
-  `--raas-refresh-ratio`, `--raas-refresh-threshold`, `--raas-score`, `--raas-reduce`, `--raas-reserve` to the stock parser, so `python -m sglang.launch_server --help` lists them.
+- `ServerArgs.add_cli_args` (staticmethod), AFTER: adds `--kv-policy`, `--raas-budget`, `--raas-refresh-ratio`,
+  `--raas-refresh-threshold`, `--raas-score`, `--raas-reduce`, `--raas-reserve` to the stock parser, so
+  `python -m sglang.launch_server --help` lists them.
 - `ServerArgs.from_cli_args` (classmethod), AROUND: `from_cli_args` copies only declared fields, so our values
   would be dropped; the hook validates them, defaults the page size to 16 under RaaS, and stores the resolved
-  `RaasConfig` on the record as `_raas_config`. Attributes named `_...` may be set at any time and are pickled
-  into every SGLang child process (`ServerArgs.__reduce__` carries `__dict__`).
+  `RaasConfig` on the record as `_raas_config` (`ATTR`; read it with `config_of`). Attributes named `_...` may be
+  set at any time and are pickled into every SGLang child process (`ServerArgs.__reduce__` carries `__dict__`).
 - `Engine.server_args_class` (a documented class attribute, set directly; hooking it would rebind `ServerArgs`
-  across SGLang): a factory that accepts `kv_policy=`, `raas_budget=`, `raas_refresh_ratio=`.
+  across SGLang): a factory that accepts `kv_policy=`, `raas_budget=`, `raas_refresh_ratio=`, ...
 
 Bad values stop the launcher with one line (`SystemExit`) naming the flag and what is allowed; `sgl.Engine`
-raises `raas_sglang.config.ConfigError` (a `ValueError`) instead.
+raises `raas_sglang.config.ConfigError` (a `ValueError`) instead. These are the `flag.*` rows of the refusal
+registry (`raas_sglang/refusals.py`), raised by `raas_sglang.config.resolve`. The rest of the record's lifecycle
+is in `overlap` (the overlap scheduler off) and `startup_checks` (the startup refusals, once resolved).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import logging
 from typing import Any
 
 from raas_sglang import config as cfg
@@ -27,7 +28,6 @@ from raas_sglang.config import ConfigError, RaasConfig
 from raas_sglang.patches.lazy import when_imported
 
 ATTR = "_raas_config"
-logger = logging.getLogger("raas_sglang")
 
 
 def config_of(server_args: Any) -> RaasConfig:
@@ -146,111 +146,7 @@ def install_engine_factory() -> None:
     when_imported("sglang.srt.entrypoints.engine", patch)
 
 
-def resolve_once(self, *args, **kwargs):
-    """BEFORE hook on `ServerArgs.resolve_once` (CLI and `sgl.Engine` paths; children get resolved records).
-
-    NOTE: RaaS state is updated between the scheduler's memory check and the step's allocation; the overlap
-    scheduler runs those out of order, so RaaS turns it off (with a warning) rather than refusing.
-    """
-    if getattr(self, "_resolution_finished", False) or getattr(self, "_resolution_failed", False):
-        return None
-    if config_of(self).enabled and not self.disable_overlap_schedule:
-        logger.warning("raas_sglang: --kv-policy raas turns the overlap scheduler off (--disable-overlap-schedule)")
-        self.disable_overlap_schedule = True
-    return None
-
-
-SUPPORTED_BACKENDS = {"torch_native", "triton", "flashinfer"}
-
-
-def unsupported(view) -> list[str]:
-    """What a RaaS server cannot run with yet, each as 'what; what to change' (empty when fine).
-
-    `view` is the resolved server args (`resolving_view(server_args)`).
-    """
-    problems = []
-    if view.speculative_algorithm:
-        problems.append("speculative decoding; drop --speculative-algorithm")
-    if str(view.disaggregation_mode) not in ("null", "None", "DisaggregationMode.NULL"):
-        problems.append("PD disaggregation; drop --disaggregation-mode")
-    if view.enable_hierarchical_cache:
-        problems.append("the hierarchical cache; drop --enable-hierarchical-cache")
-    for name in ("tp_size", "pp_size", "dp_size"):
-        if (getattr(view, name, 1) or 1) > 1:
-            problems.append(f"{name.replace('_', ' ')} > 1; use --{name.replace('_', '-')} 1")
-    backends = {view.attention_backend, view.decode_attention_backend, view.prefill_attention_backend} - {None}
-    if backends - SUPPORTED_BACKENDS:
-        problems.append(
-            f"attention backend {', '.join(sorted(backends - SUPPORTED_BACKENDS))}; use --attention-backend "
-            + " or ".join(sorted(SUPPORTED_BACKENDS))
-        )
-    if config_of(view).policy in cfg.SELECTING and backends - {"torch_native"}:
-        problems.append("Quest page selection on the triton/flashinfer backends; use --attention-backend torch_native")
-    config = config_of(view)
-    if config.score == "exact" and backends - {"torch_native", "triton"}:
-        problems.append("--raas-score exact on the flashinfer backend (its kernels give no attention mass); use "
-                        "--raas-score quest or auto, or --attention-backend triton")
-    if getattr(view, "enable_mixed_chunk", False):
-        problems.append("mixed chunked prefill (decode rows would take the extend path); drop --enable-mixed-chunk")
-    if getattr(view, "enable_streaming_session", False):
-        problems.append("streaming sessions; drop --enable-streaming-session")
-    if view.enable_torch_compile:
-        problems.append("torch.compile / CPU graphs (they bypass the RaaS decode path); drop --enable-torch-compile")
-    graphs = getattr(view, "cuda_graph_config", None)
-    decode_graph = getattr(getattr(graphs, "decode", None), "backend", "disabled")
-    if str(decode_graph) not in ("disabled", "None") and str(getattr(view, "device", "cuda")) != "cpu":
-        problems.append("CUDA graphs for decode; add --cuda-graph-backend-decode=disabled")
-    return problems
-
-
-def _decode_backend(view) -> str | None:
-    return view.decode_attention_backend or view.attention_backend
-
-
-def check_server_args(result, self, *args, **kwargs):
-    """AFTER hook on `ServerArgs.check_server_args` (runs once resolved, on the CLI and `sgl.Engine` paths,
-    before any child process starts): refuse combinations RaaS does not support yet, saying what to change."""
-    if not config_of(self).enabled:
-        return result
-    from sglang.srt.arg_groups.overrides import resolving_view
-
-    problems = unsupported(resolving_view(self))
-    try:
-        from sglang.srt.arg_groups.model_override_base import model_config_of
-        from sglang.srt.configs.model_config import AttentionArch
-
-        model = model_config_of(self)
-        budget, context = config_of(self).budget_tokens, int(model.context_len)
-        if budget > context:
-            _refuse(self, f"--raas-budget: must be at most the context length ({context} tokens), got {budget}")
-        if model.attention_arch == AttentionArch.MLA:
-            problems.append("MLA/DSA models (RaaS pages per-head KV); use --kv-policy dense for this model")
-        if getattr(model, "is_hybrid_swa", False) or getattr(model, "window_size", None) or getattr(
-            model, "attention_chunk_size", None
-        ):
-            problems.append("sliding-window or chunked-attention models; use --kv-policy dense for this model")
-        if getattr(model, "is_encoder_decoder", False):
-            problems.append("encoder-decoder models; use --kv-policy dense for this model")
-    except (ImportError, AttributeError):
-        pass
-    if problems:
-        _refuse(self, f"--kv-policy {config_of(self).policy} does not support " + "; nor ".join(problems))
-    config = config_of(self)
-    if config.score == "exact" and _decode_backend(resolving_view(self)) == "triton":
-        # NOTE: the launcher's tokenizer side and (pickled with the args) every child see the same record
-        setattr(self, ATTR, dataclasses.replace(config, exact_kernel=True))
-    return result
-
-
-def _refuse(server_args, message: str):
-    if str(server_args.launch_command or "").startswith("Engine("):
-        raise ConfigError(message)
-    raise SystemExit(f"error: {message}")  # the CLI launcher: one line, no traceback
-
-
 HOOKS = (
-    ("sglang.srt.server_args.ServerArgs.check_server_args", check_server_args, "AFTER"),
-    ("sglang.srt.server_args.ServerArgs.resolve_once", resolve_once, "BEFORE"),
     ("sglang.srt.server_args.ServerArgs.add_cli_args", add_cli_args, "AFTER"),
     ("sglang.srt.server_args.ServerArgs.from_cli_args", from_cli_args, "AROUND"),
 )

@@ -1,6 +1,6 @@
 """RaaS server configuration: one frozen record, validated once at startup.
 
-Imports no SGLang. `patches/server_args.py` turns the parsed flags into a `RaasConfig` with `resolve()`; any
+Imports no SGLang (the policy registry it reads is pure torch). `patches/server_args.py` turns the parsed flags into a `RaasConfig` with `resolve()`; any
 `ConfigError` it raises carries one line that names the flag and what is allowed.
 """
 
@@ -10,21 +10,16 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, NamedTuple
 
-# all but dense: budgeted (raas_sglang.policies.REGISTRY)
-POLICIES = ("dense", "raas", "streaming", "h2o", "quest", "raas+quest")
-EVICTING = frozenset({"raas", "streaming", "h2o", "raas+quest"})  # decode KV bounded (physically evicted)
-SELECTING = frozenset({"quest", "raas+quest"})  # pick the pages attended per layer from Quest page key bounds
-DEFAULT_POLICY = "dense"
+from raas_sglang.policies import DENSE, REGISTRY
+from raas_sglang.policies.raas import DEFAULT_REFRESH_RATIO, DEFAULT_REFRESH_THRESHOLD, DEFAULT_RESERVE  # noqa: F401
+
+# "dense" (stock) and every registered policy (raas_sglang.policies; all but dense are budgeted)
+POLICIES = (DENSE, *REGISTRY)
+EVICTING = frozenset(n for n, c in REGISTRY.items() if c.evicts)  # decode KV bounded (physically evicted)
+SELECTING = frozenset(n for n, c in REGISTRY.items() if c.selects)  # pick the pages attended per layer (Quest)
+DEFAULT_POLICY = DENSE
 DEFAULT_BUDGET_TOKENS = 2048
-# The stamp refresh rule: a page counts as attended this step if it is among the top `ratio` of the row's resident
-# decode pages by score AND gets at least `threshold` times their mean score. The paper's rule is ratio 0.5,
-# threshold 0, reserve 0; the defaults were chosen from `python -m bench.score_study --study refresh` on the toy
-# reasoner (docs/results/refresh_study.md): the paper's rule 0.68 at a 25% budget, these defaults 0.99.
-DEFAULT_REFRESH_RATIO = 1.0
-DEFAULT_REFRESH_THRESHOLD = 0.25
-# the fraction of a raas request's page limit kept for the decode pages with the highest accumulated score
-# ("heavy hitters"), protected from the stamp rule; 0 = the paper's rule alone
-DEFAULT_RESERVE = 0.25
+# RaaS's own parameters (refresh ratio, threshold, reserve): defaults and meaning in raas_sglang/policies/raas.py
 RAAS_DEFAULT_PAGE_SIZE = 16  # the paper's page size; used when --page-size is not given
 MIN_BUDGET_PAGES = 2  # with one page the only candidate victim is the page being written
 # how pages are scored: "exact" = attention mass from the decode pass (torch_native computes it), "quest" =
@@ -71,7 +66,7 @@ class RaasConfig:
     refresh_threshold: float = DEFAULT_REFRESH_THRESHOLD
     # set at startup when decode runs on the triton backend with --raas-score exact: attention and exact page
     # mass come from `raas_sglang.kernels.sparse_decode`, which selects no pages, so the selecting policies
-    # (quest, raas+quest) are refused per request on such a server (and at startup by server_args)
+    # (quest, raas+quest) are refused per request on such a server (and at startup by patches/startup_checks)
     exact_kernel: bool = False
 
     @property
@@ -201,47 +196,14 @@ REQUEST_KEYS = ("kv_policy", "raas_budget", "raas_trace")
 def request_overrides(custom_params: Mapping[str, Any] | None, server: RaasConfig) -> RequestOverrides:
     """Validate a request's `custom_params` RaaS keys against the server config.
 
-    Raises `ConfigError` naming the field (`custom_params.raas_budget: ...`). Keys other than `REQUEST_KEYS`
+    Raises `ConfigError` naming the field (`custom_params.raas_budget: ...`): the message of the first request row
+    of the refusal registry (`raas_sglang.refusals.REQUEST`) that refuses it. Keys other than `REQUEST_KEYS`
     belong to other features and are ignored.
     """
+    from raas_sglang.refusals import refuse_request  # NOTE: not at the top: refusals imports this module
+
     params = custom_params or {}
-    policy = params.get("kv_policy", server.policy)
-    if policy not in POLICIES:
-        raise ConfigError(f"custom_params.kv_policy: must be one of {', '.join(POLICIES)}, got {policy!r}")
-    if policy != "dense" and not server.enabled:
-        raise ConfigError(
-            f"custom_params.kv_policy: {policy!r} needs a server started with a budgeted --kv-policy "
-            f"({', '.join(POLICIES[1:])}); this one is dense"
-        )
-    if server.exact_kernel and policy in SELECTING:
-        raise ConfigError(
-            f"custom_params.kv_policy: {policy!r} is not available on this server (--raas-score exact on the triton "
-            f"backend selects no pages); use raas, streaming, h2o or dense here"
-        )
-    if policy in SELECTING and not server.keeps_bounds:
-        raise ConfigError(
-            f"custom_params.kv_policy: {policy!r} needs page key bounds, kept only by servers started with "
-            f"--kv-policy quest or raas+quest, or with --raas-score quest"
-        )
+    refuse_request(params, server)
     budget = params.get("raas_budget")
-    if budget is None:
-        pages = server.budget_pages
-    else:
-        # NOTE: JSON integers past 64 bits reach us as floats (1e+40): still "too large", not "not an integer"
-        if isinstance(budget, float) and budget.is_integer() and budget > server.budget_tokens:
-            raise ConfigError(
-                f"custom_params.raas_budget: must be at most the server's --raas-budget ({server.budget_tokens} "
-                f"tokens), got {budget:.0f}"
-            )
-        if isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
-            raise ConfigError(f"custom_params.raas_budget: must be a positive integer number of tokens, got {budget!r}")
-        if budget > server.budget_tokens:
-            raise ConfigError(
-                f"custom_params.raas_budget: must be at most the server's --raas-budget ({server.budget_tokens} "
-                f"tokens), got {budget}"
-            )
-        pages = budget_tokens_for("custom_params.raas_budget", budget, server.page_size) // server.page_size
-    trace = params.get("raas_trace", False)
-    if not isinstance(trace, bool):
-        raise ConfigError(f"custom_params.raas_trace: must be true or false, got {trace!r}")
-    return RequestOverrides(policy, pages, trace)
+    pages = server.budget_pages if budget is None else -(-budget // server.page_size)
+    return RequestOverrides(params.get("kv_policy", server.policy), pages, params.get("raas_trace", False))

@@ -3,7 +3,7 @@
 State is indexed by SGLang's request-pool row (`req.kv.req_pool_idx`), so batch filter/merge needs no
 bookkeeping: a row is reset on admit and on release, and every operation takes the rows it acts on.
 
-Definitions (see ../shared/design.md):
+Definitions (docs/architecture.md):
 - a page is `page_size` consecutive logical token positions; page `p` covers `[p * ps, (p + 1) * ps)`;
 - pinned: tokens `[0, pin_len)` plus the rest of the last partial prompt page; decode pages start at
   `first_decode_page = ceil(pin_len / ps)`;
@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import torch
 
-from raas_sglang.policies import IDS, REGISTRY
+from raas_sglang.policies import DENSE_ID, PolicySet
 from raas_sglang.policies.base import EMPTY
 
 
@@ -33,34 +33,38 @@ class Victims(NamedTuple):
 
 
 class RaasState:
-    """Batched per-row state of the budgeted KV policies (`raas_sglang.policies`; each row runs one).
+    """Batched per-row state of the budgeted KV policies; each row runs one policy of `policies` (or is dense).
+
+    The state is policy-agnostic: it holds the pages and generic per-page fields, and hands each policy its rows
+    (`victims`, `observe`, `prompt_window` dispatch through `policies`); what a policy's parameters are and how
+    it reads `stamp` / `score` is the policy's business (`raas_sglang.policies`).
 
     pages   [rows, L] int64  logical page index of each resident decode page (EMPTY = free slot)
-    stamp   [rows, L] int64  decode step of the page's last hit (raas; meaningless where pages == EMPTY)
-    score   [rows, L] float32 score accumulated while resident (h2o; raas's heavy-hitter reserve)
-    policy  [rows]    int64  the row's policy id (`policies.IDS`)
+    stamp   [rows, L] int64  decode step at which the page was opened; a policy may refresh it (raas: last hit)
+    score   [rows, L] float32 score accumulated while resident (`accumulate`; h2o, raas's reserve)
+    policy  [rows]    int64  the row's policy id (`policies.ids`; DENSE_ID = 0 for dense and released rows)
     count   [rows]    int64  resident decode pages
     pin_len [rows]    int64  tokens [0, pin_len) are pinned
     step    [rows]    int64  the request's own decode steps so far (0 at its first decode step)
     evicted [rows]    int64  pages evicted from the row since admit
+    limit   [rows]    int64  the row's page limit (<= L)
     """
 
     def __init__(
-        self, num_rows: int, budget_pages: int, page_size: int, device: str | torch.device = "cpu", reserve: float = 0.0
+        self, num_rows: int, budget_pages: int, page_size: int, device: str | torch.device = "cpu",
+        policies: PolicySet | None = None,
     ):
         if budget_pages < 2:
             raise ValueError(f"budget_pages must be >= 2, got {budget_pages}")
-        if not 0.0 <= reserve < 1.0:
-            raise ValueError(f"reserve must be in [0, 1), got {reserve}")
         self.L = budget_pages
-        self.reserve = reserve  # raas: fraction of a row's limit kept for its top pages by accumulated score
+        self.policies = policies if policies is not None else PolicySet.from_config()
         self.page_size = page_size
         self.device = torch.device(device)
         z = dict(dtype=torch.int64, device=self.device)
         self.pages = torch.full((num_rows, budget_pages), EMPTY, **z)  # [rows, L] int64
         self.stamp = torch.zeros((num_rows, budget_pages), **z)  # [rows, L] int64
         self.score = torch.zeros((num_rows, budget_pages), dtype=torch.float32, device=self.device)  # [rows, L]
-        self.policy = torch.zeros(num_rows, **z)  # [rows] int64
+        self.policy = torch.full((num_rows,), DENSE_ID, **z)  # [rows] int64
         self.count = torch.zeros(num_rows, **z)  # [rows] int64
         self.pin_len = torch.zeros(num_rows, **z)  # [rows] int64
         self.step = torch.zeros(num_rows, **z)  # [rows] int64
@@ -70,32 +74,26 @@ class RaasState:
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
     def admit(self, row: int, pin_len: int, budget_pages: int | None = None, policy: str = "raas") -> None:
-        """Reset `row` for a new request whose first `pin_len` tokens are pinned, running `policy`."""
+        """Reset `row` for a new request whose first `pin_len` tokens are pinned, running `policy` ("dense" or a
+        name in `self.policies`)."""
         limit = self.L if budget_pages is None else budget_pages
         if not 2 <= limit <= self.L:
             raise ValueError(f"per-request budget must be 2..{self.L} pages, got {limit}")
         self.release(row)
         self.pin_len[row] = pin_len
         self.limit[row] = limit
-        self.policy[row] = IDS[policy]
+        self.policy[row] = self.policies.ids[policy]
 
     def release(self, row: int) -> None:
         self.pages[row] = EMPTY
         self.stamp[row] = 0
         self.score[row] = 0
-        self.policy[row] = 0
+        self.policy[row] = DENSE_ID
         self.count[row] = 0
         self.pin_len[row] = 0
         self.step[row] = 0
         self.evicted[row] = 0
         self.limit[row] = self.L
-
-    def policies_in(self, rows: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
-        """(policy name, mask [n] bool) for each policy that some of `rows` run. One host sync for the whole
-        batch (a count per policy id), not one per policy."""
-        policy = self.policy[rows]  # [n] int64
-        counts = torch.bincount(policy, minlength=len(IDS)).tolist()
-        return [(name, policy == pid) for name, pid in IDS.items() if counts[pid]]
 
     def first_decode_page(self, rows: torch.Tensor) -> torch.Tensor:
         """[n] int64: ceil(pin_len / page_size) for each row."""
@@ -124,8 +122,8 @@ class RaasState:
         candidate = valid & (pages != newest)
         inf = float("inf")
         key = torch.full(pages.shape, inf, dtype=torch.float64, device=self.device)  # [n, L]
-        for name, mine in self.policies_in(rows):
-            key = torch.where(mine[:, None], REGISTRY[name].victim_key(self, rows, pages), key)
+        for policy, mine in self.policies.in_batch(self.policy[rows]):
+            key = torch.where(mine[:, None], policy.victim_key(self, rows, pages), key)
         key = torch.where(candidate, key, torch.full_like(key, inf))
         best, slot = key.min(dim=1)  # [n]
         chosen = pages.gather(1, slot[:, None]).squeeze(1)  # [n]
@@ -163,14 +161,11 @@ class RaasState:
         self.score[rows, slot] = 0.0
         self.count[rows] += 1
 
-    def observe(
-        self, rows: torch.Tensor, scores: torch.Tensor, ratio: float, threshold: float | None = None
-    ) -> None:
+    def observe(self, rows: torch.Tensor, scores: torch.Tensor) -> None:
         """One step's page scores for `rows`: each row's policy updates its per-page state; then every row's
-        step advances. rows [n] int64; scores [n, L] float, aligned with `self.pages[rows]`. `ratio` and
-        `threshold`: RaaS's refresh rule (`refresh_top`)."""
-        for name, mine in self.policies_in(rows):
-            REGISTRY[name].observe(self, rows[mine], scores[mine], ratio, threshold)
+        step advances. rows [n] int64; scores [n, L] float, aligned with `self.pages[rows]`."""
+        for policy, mine in self.policies.in_batch(self.policy[rows]):
+            policy.observe(self, rows[mine], scores[mine])
         self.step[rows] += 1
 
     def accumulate(self, rows: torch.Tensor, scores: torch.Tensor) -> None:
@@ -178,49 +173,12 @@ class RaasState:
         valid = self.pages[rows] != EMPTY
         self.score[rows] += torch.where(valid, scores, torch.zeros_like(scores))
 
-    def rank_desc(self, pages: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        """[n, L] int64: each slot's rank by (score desc, page asc) among its row's resident pages (0 = best);
-        EMPTY slots rank last. pages [n, L] int64; scores [n, L] float."""
-        valid = pages != EMPTY
-        s = torch.where(valid, scores, torch.full_like(scores, torch.finfo(scores.dtype).min))
-        # stable sort by page first, then by score
-        by_page = torch.where(valid, pages, torch.full_like(pages, torch.iinfo(torch.int64).max)).argsort(
-            dim=1, stable=True
-        )
-        by_score = s.gather(1, by_page).argsort(dim=1, descending=True, stable=True)
-        order = by_page.gather(1, by_score)  # slot indices, best first, [n, L]
-        rank = torch.empty_like(order)
-        rank.scatter_(1, order, torch.arange(pages.shape[1], device=pages.device).expand_as(order).contiguous())
-        return rank
-
-    def refresh_top(
-        self, rows: torch.Tensor, scores: torch.Tensor, ratio: float, threshold: float | None = None
-    ) -> torch.Tensor:
-        """RaaS's stamp refresh: the top `ceil(ratio * count)` resident pages of each row by score (ties to the
-        lowest page) get stamp = the row's current step; with `threshold`, a page must also score at least
-        `threshold` times the mean score of the row's resident pages (scale-free: any score reduction, any count).
-        rows [n] int64; scores [n, L] float >= 0 (ignored where a slot is EMPTY). Returns the refreshed mask [n, L]."""
-        pages = self.pages[rows]  # [n, L]
-        valid = pages != EMPTY
-        if ratio >= 1.0:  # every resident page is in the top: no ranking needed
-            hit = valid
-        else:
-            rank = self.rank_desc(pages, scores)  # [n, L]
-            k = torch.ceil(self.count[rows].to(torch.float64) * ratio).to(torch.int64)  # [n]
-            hit = valid & (rank < k[:, None])
-        if threshold is not None:
-            total = torch.where(valid, scores, torch.zeros_like(scores)).sum(dim=1, keepdim=True)  # [n, 1]
-            hit &= scores * self.count[rows][:, None] >= threshold * total
-        step = self.step[rows][:, None].expand_as(pages)
-        self.stamp[rows] = torch.where(hit, step, self.stamp[rows])
-        return hit
-
     def prompt_window(self, rows: torch.Tensor, pin_end: torch.Tensor, seq_lens: torch.Tensor):
         """(a, b) [n] int64: each row attends to pinned positions [0, a) and [b, pin_end) (its policy's choice;
         the whole prompt unless the policy says otherwise)."""
         a, b = pin_end, pin_end
-        for name, mine in self.policies_in(rows):
-            pa, pb = REGISTRY[name].prompt_window(self, rows, pin_end, seq_lens)
+        for policy, mine in self.policies.in_batch(self.policy[rows]):
+            pa, pb = policy.prompt_window(self, rows, pin_end, seq_lens)
             a, b = torch.where(mine, pa, a), torch.where(mine, pb, b)
         return a, b
 

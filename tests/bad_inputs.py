@@ -1,101 +1,258 @@
-"""The bad-input table: every row is one test (startup rows in test_cli.py, request rows in
-test_raas_eviction.py) and one line of docs/bad-input.md (test_bad_input_doc.py keeps them in step).
+"""The bad-input cases: each exercises one row of the refusal registry (`raas_sglang/refusals.py`) and is a test.
+docs/bad-input.md is rendered from the registry and these cases (`python tests/bad_inputs.py > docs/bad-input.md`);
+tests/test_bad_input_doc.py fails when it is stale, when a row has no case or when a case names an unknown row.
 
-Startup rows: (extra launch flags, the one-line message the launcher prints after `error: `).
-Request rows: (a change to a valid `/generate` body, the message the HTTP 400 carries); the same change goes
-through `/v1/chat/completions` too, and the server must keep serving.
+- `Launch`: extra flags for the stock launcher, which must exit printing one line, `error: ` + the message
+  (tests/test_cli.py; the rows that `config.resolve` checks also run as unit tests in tests/test_config.py).
+- `Request`: `custom_params` (and `beam_width`) of a request, checked against a server config (unit, in
+  tests/test_config.py). With the default server the same change is also sent to `/generate` and
+  `/v1/chat/completions` of a `--kv-policy raas --raas-budget 256` server, which must answer HTTP 400 with the
+  message and keep serving (tests/test_raas_eviction.py, through `REQUESTS`).
+- `Resolved`: startup rows checked on resolved server-args values and model config attributes (unit, in
+  tests/test_config.py), for what this CPU test machine cannot launch (tp 2, CUDA graphs on a CUDA device, ...)
+  or has no model for (MLA, sliding window, encoder-decoder). `BASE_VIEW` is the resolved view of a plain
+  `--kv-policy raas` CPU server; tests/test_cli.py checks its names against a real resolved SGLang view.
+
+A new refusal row gets at least one case here, named by the row's id.
 """
 
 from __future__ import annotations
 
-FLAGS = {
-    "unknown-policy": (["--kv-policy", "lru"], "--kv-policy: must be one of dense, raas, streaming, h2o, quest, raas+quest"),
-    "budget-not-int": (["--kv-policy", "raas", "--raas-budget", "lots"], "--raas-budget: must be a positive integer"),
-    "budget-zero": (["--kv-policy", "raas", "--raas-budget", "0"], "--raas-budget: must be a positive integer"),
-    "budget-negative": (["--kv-policy", "raas", "--raas-budget=-64"], "--raas-budget: must be a positive integer"),
-    "budget-fraction": (["--kv-policy", "raas", "--raas-budget", "64.5"], "--raas-budget: must be a positive integer"),
-    "budget-one-page": (["--kv-policy", "raas", "--raas-budget", "16"], "--raas-budget: must be at least 2 pages = 32 tokens"),
-    "budget-one-page-p64": (
-        ["--kv-policy", "raas", "--page-size", "64", "--raas-budget", "64"],
-        "--raas-budget: must be at least 2 pages = 128 tokens at page size 64",
-    ),
-    "budget-huge": (
-        ["--kv-policy", "raas", "--raas-budget", str(10**12), "--max-total-tokens", "4096"],
-        "--raas-budget: must be at most the context length (32768 tokens), got 1000000000000",
-    ),
-    "ratio-zero": (["--kv-policy", "raas", "--raas-refresh-ratio", "0"], "--raas-refresh-ratio: must be a number in (0, 1]"),
-    "ratio-above-one": (["--kv-policy", "raas", "--raas-refresh-ratio", "1.5"], "--raas-refresh-ratio: must be a number in (0, 1]"),
-    "ratio-not-number": (["--kv-policy", "raas", "--raas-refresh-ratio", "half"], "--raas-refresh-ratio: must be a number in (0, 1]"),
-    "ratio-nan": (["--kv-policy", "raas", "--raas-refresh-ratio", "nan"], "--raas-refresh-ratio: must be a number in (0, 1]"),
-    "raas-flag-with-dense": (
-        ["--kv-policy", "dense", "--raas-budget", "256"],
-        "--raas-budget: only allowed with --kv-policy raas",
-    ),
-    "raas-flag-without-policy": (["--raas-refresh-ratio", "0.25"], "--raas-refresh-ratio: only allowed with --kv-policy raas"),
-    "score-without-policy": (["--raas-score", "quest"], "--raas-score: only allowed with --kv-policy raas"),
-    "score-unknown": (["--kv-policy", "raas", "--raas-score", "max"], "--raas-score: must be one of auto, exact, quest"),
-    "reduce-unknown": (
-        ["--kv-policy", "raas", "--raas-reduce", "sum"],
-        "--raas-reduce: must be one of mean-mean, max-mean, mean-max, max-max",
-    ),
-    "reserve-one": (["--kv-policy", "raas", "--raas-reserve", "1"], "--raas-reserve: must be a number in [0, 1)"),
-    # combinations RaaS does not support yet: refused after resolution, before any child process starts
-    "raas-with-fa3": (
-        ["--kv-policy", "raas", "--attention-backend", "fa3", "--max-total-tokens", "4096"],
-        "--kv-policy raas does not support attention backend fa3; use --attention-backend flashinfer or",
-    ),
-    "exact-on-flashinfer": (
-        ["--kv-policy", "raas", "--raas-score", "exact", "--attention-backend", "flashinfer", "--max-total-tokens", "4096"],
-        "--kv-policy raas does not support --raas-score exact on the flashinfer backend",
-    ),
-    "quest-on-triton": (
-        ["--kv-policy", "quest", "--attention-backend", "triton", "--max-total-tokens", "4096"],
-        "--kv-policy quest does not support Quest page selection on the triton/flashinfer backends",
-    ),
-    "raas-with-hicache": (
-        ["--kv-policy", "raas", "--enable-hierarchical-cache", "--max-total-tokens", "4096"],
-        "--kv-policy raas does not support the hierarchical cache; drop --enable-hierarchical-cache",
-    ),
-    "streaming-with-mixed-chunk": (
-        ["--kv-policy", "streaming", "--enable-mixed-chunk", "--max-total-tokens", "4096"],
-        "--kv-policy streaming does not support mixed chunked prefill",
-    ),
-}
+from typing import Any, NamedTuple
 
-# name -> (custom_params of the request, or a whole-body change under "body", expected message)
-REQUESTS = {
-    "budget-above-server": ({"raas_budget": 10**9}, "custom_params.raas_budget: must be at most"),
-    "budget-astronomic": ({"raas_budget": 10**40}, "custom_params.raas_budget: must be at most"),
-    "budget-one-page": ({"raas_budget": 16}, "custom_params.raas_budget: must be at least 2 pages"),
-    "budget-string": ({"raas_budget": "64"}, "custom_params.raas_budget: must be a positive integer"),
-    "budget-negative": ({"raas_budget": -64}, "custom_params.raas_budget: must be a positive integer"),
-    "budget-float": ({"raas_budget": 64.5}, "custom_params.raas_budget: must be a positive integer"),
-    "budget-bool": ({"raas_budget": True}, "custom_params.raas_budget: must be a positive integer"),
-    "policy-unknown": ({"kv_policy": "lru"}, "custom_params.kv_policy: must be one of dense, raas"),
-    "policy-not-string": ({"kv_policy": 3}, "custom_params.kv_policy: must be one of dense, raas"),
-    "quest-without-bounds": ({"kv_policy": "quest"}, "custom_params.kv_policy: 'quest' needs page key bounds"),
-    "trace-not-bool": ({"raas_trace": "yes"}, "custom_params.raas_trace: must be true or false"),
-    "trace-number": ({"raas_trace": 1}, "custom_params.raas_trace: must be true or false"),
+
+class Launch(NamedTuple):
+    name: str
+    row: str
+    argv: list[str]
+    message: str
+
+
+class Request(NamedTuple):
+    name: str
+    row: str
+    custom_params: dict[str, Any]
+    message: str
+    server: dict[str, Any] | None = None  # RaasConfig fields; None: TEST_SERVER, and the case also runs over HTTP
+    beam_width: int | None = None
+
+    @property
+    def http(self) -> bool:
+        return self.server is None and self.beam_width is None
+
+
+class Resolved(NamedTuple):
+    name: str
+    row: str
+    view: dict[str, Any]  # changes to BASE_VIEW; a dotted name sets a nested attribute
+    message: str
+    model: dict[str, Any] = {}  # changes to BASE_MODEL
+    flags: dict[str, Any] = {"kv_policy": "raas"}  # the RaaS flags (config.FLAGS attributes), at page size 16
+
+
+# the server of the HTTP request cases (tests/test_raas_eviction.py: --kv-policy raas --raas-budget 256)
+TEST_SERVER = {"policy": "raas", "budget_tokens": 256, "page_size": 16}
+BASE_VIEW = {
+    "speculative_algorithm": None, "disaggregation_mode": "null", "enable_hierarchical_cache": False,
+    "tp_size": 1, "pp_size": 1, "dp_size": 1,
+    "attention_backend": "torch_native", "decode_attention_backend": None, "prefill_attention_backend": None,
+    "enable_mixed_chunk": False, "enable_streaming_session": False, "enable_torch_compile": False,
+    "cuda_graph_config.decode.backend": "disabled", "device": "cpu",
 }
+BASE_MODEL = {"context_len": 32768, "attention_arch": "MHA", "is_hybrid_swa": False, "is_encoder_decoder": False}
+
+_RAAS = ["--kv-policy", "raas"]
+_POOL = ["--max-total-tokens", "4096"]
+_UNSUPPORTED = "--kv-policy raas does not support "
+
+CASES = (
+    Launch("unknown-policy", "flag.kv-policy", ["--kv-policy", "lru"],
+           "--kv-policy: must be one of dense, raas, streaming, h2o, quest, raas+quest"),
+    Launch("budget-not-int", "flag.raas-budget.type", [*_RAAS, "--raas-budget", "lots"],
+           "--raas-budget: must be a positive integer"),
+    Launch("budget-zero", "flag.raas-budget.type", [*_RAAS, "--raas-budget", "0"],
+           "--raas-budget: must be a positive integer"),
+    Launch("budget-negative", "flag.raas-budget.type", [*_RAAS, "--raas-budget=-64"],
+           "--raas-budget: must be a positive integer"),
+    Launch("budget-fraction", "flag.raas-budget.type", [*_RAAS, "--raas-budget", "64.5"],
+           "--raas-budget: must be a positive integer"),
+    Launch("budget-one-page", "flag.raas-budget.min-pages", [*_RAAS, "--raas-budget", "16"],
+           "--raas-budget: must be at least 2 pages = 32 tokens"),
+    Launch("budget-one-page-p64", "flag.raas-budget.min-pages", [*_RAAS, "--page-size", "64", "--raas-budget", "64"],
+           "--raas-budget: must be at least 2 pages = 128 tokens at page size 64"),
+    Launch("budget-huge", "flag.raas-budget.context", [*_RAAS, "--raas-budget", str(10**12), *_POOL],
+           "--raas-budget: must be at most the context length (32768 tokens), got 1000000000000"),
+    Launch("ratio-zero", "flag.raas-refresh-ratio", [*_RAAS, "--raas-refresh-ratio", "0"],
+           "--raas-refresh-ratio: must be a number in (0, 1]"),
+    Launch("ratio-above-one", "flag.raas-refresh-ratio", [*_RAAS, "--raas-refresh-ratio", "1.5"],
+           "--raas-refresh-ratio: must be a number in (0, 1]"),
+    Launch("ratio-not-number", "flag.raas-refresh-ratio", [*_RAAS, "--raas-refresh-ratio", "half"],
+           "--raas-refresh-ratio: must be a number in (0, 1]"),
+    Launch("ratio-nan", "flag.raas-refresh-ratio", [*_RAAS, "--raas-refresh-ratio", "nan"],
+           "--raas-refresh-ratio: must be a number in (0, 1]"),
+    Launch("threshold-negative", "flag.raas-refresh-threshold", [*_RAAS, "--raas-refresh-threshold=-1"],
+           "--raas-refresh-threshold: must be a finite number >= 0, got '-1'"),
+    Launch("raas-flag-with-dense", "flag.budgeted-only", ["--kv-policy", "dense", "--raas-budget", "256"],
+           "--raas-budget: only allowed with --kv-policy raas"),
+    Launch("raas-flag-without-policy", "flag.budgeted-only", ["--raas-refresh-ratio", "0.25"],
+           "--raas-refresh-ratio: only allowed with --kv-policy raas"),
+    Launch("score-without-policy", "flag.budgeted-only", ["--raas-score", "quest"],
+           "--raas-score: only allowed with --kv-policy raas"),
+    Launch("score-unknown", "flag.raas-score", [*_RAAS, "--raas-score", "max"],
+           "--raas-score: must be one of auto, exact, quest"),
+    Launch("reduce-unknown", "flag.raas-reduce", [*_RAAS, "--raas-reduce", "sum"],
+           "--raas-reduce: must be one of mean-mean, max-mean, mean-max, max-max"),
+    Launch("reserve-one", "flag.raas-reserve", [*_RAAS, "--raas-reserve", "1"],
+           "--raas-reserve: must be a number in [0, 1)"),
+    # combinations RaaS does not support yet: refused after resolution, before any child process starts
+    Launch("raas-with-fa3", "startup.attention-backend", [*_RAAS, "--attention-backend", "fa3", *_POOL],
+           _UNSUPPORTED + "attention backend fa3; use --attention-backend flashinfer or"),
+    Launch("exact-on-flashinfer", "startup.exact-score-backend",
+           [*_RAAS, "--raas-score", "exact", "--attention-backend", "flashinfer", *_POOL],
+           _UNSUPPORTED + "--raas-score exact on the flashinfer backend"),
+    Launch("quest-on-triton", "startup.selection-backend",
+           ["--kv-policy", "quest", "--attention-backend", "triton", *_POOL],
+           "--kv-policy quest does not support Quest page selection on the triton/flashinfer backends"),
+    Launch("raas-with-hicache", "startup.hierarchical-cache", [*_RAAS, "--enable-hierarchical-cache", *_POOL],
+           _UNSUPPORTED + "the hierarchical cache; drop --enable-hierarchical-cache"),
+    Launch("streaming-with-mixed-chunk", "startup.mixed-chunk",
+           ["--kv-policy", "streaming", "--enable-mixed-chunk", *_POOL],
+           "--kv-policy streaming does not support mixed chunked prefill"),
+    Resolved("speculative", "startup.speculative", {"speculative_algorithm": "EAGLE"},
+             _UNSUPPORTED + "speculative decoding; drop --speculative-algorithm"),
+    Resolved("pd-disaggregation", "startup.disaggregation", {"disaggregation_mode": "prefill"},
+             _UNSUPPORTED + "PD disaggregation; drop --disaggregation-mode"),
+    Resolved("tp-2", "startup.tp-size", {"tp_size": 2}, _UNSUPPORTED + "tp size > 1; use --tp-size 1"),
+    Resolved("pp-2", "startup.pp-size", {"pp_size": 2}, _UNSUPPORTED + "pp size > 1; use --pp-size 1"),
+    Resolved("dp-2", "startup.dp-size", {"dp_size": 2}, _UNSUPPORTED + "dp size > 1; use --dp-size 1"),
+    Resolved("decode-backend-fa3", "startup.attention-backend", {"decode_attention_backend": "fa3"},
+             _UNSUPPORTED + "attention backend fa3; use --attention-backend flashinfer or torch_native or triton"),
+    Resolved("streaming-session", "startup.streaming-session", {"enable_streaming_session": True},
+             _UNSUPPORTED + "streaming sessions; drop --enable-streaming-session"),
+    Resolved("torch-compile", "startup.torch-compile", {"enable_torch_compile": True},
+             _UNSUPPORTED + "torch.compile / CPU graphs (they bypass the RaaS decode path)"),
+    Resolved("cuda-graph-decode", "startup.cuda-graph-decode",
+             {"device": "cuda", "cuda_graph_config.decode.backend": "full"},
+             _UNSUPPORTED + "CUDA graphs for decode; add --cuda-graph-backend-decode=disabled"),
+    Resolved("mla-model", "startup.mla-model", {}, _UNSUPPORTED + "MLA/DSA models (RaaS pages per-head KV)",
+             model={"attention_arch": "MLA"}),
+    Resolved("sliding-window-model", "startup.sliding-window-model", {},
+             _UNSUPPORTED + "sliding-window or chunked-attention models", model={"is_hybrid_swa": True}),
+    Resolved("chunked-attention-model", "startup.sliding-window-model", {},
+             _UNSUPPORTED + "sliding-window or chunked-attention models", model={"attention_chunk_size": 8192}),
+    Resolved("encoder-decoder-model", "startup.encoder-decoder-model", {},
+             _UNSUPPORTED + "encoder-decoder models; use --kv-policy dense for this model",
+             model={"is_encoder_decoder": True}),
+    Resolved("budget-above-context", "flag.raas-budget.context", {},
+             "--raas-budget: must be at most the context length (4096 tokens), got 8192",
+             model={"context_len": 4096}, flags={"kv_policy": "h2o", "raas_budget": 8192}),
+    Resolved("two-at-once", "startup.tp-size", {"tp_size": 2, "enable_torch_compile": True},
+             _UNSUPPORTED + "tp size > 1; use --tp-size 1; nor torch.compile"),
+    Request("budget-above-server", "request.raas-budget.above-server", {"raas_budget": 10**9},
+            "custom_params.raas_budget: must be at most"),
+    Request("budget-astronomic", "request.raas-budget.above-server", {"raas_budget": 10**40},
+            "custom_params.raas_budget: must be at most"),
+    Request("budget-one-page", "request.raas-budget.min-pages", {"raas_budget": 16},
+            "custom_params.raas_budget: must be at least 2 pages"),
+    Request("budget-string", "request.raas-budget.type", {"raas_budget": "64"},
+            "custom_params.raas_budget: must be a positive integer"),
+    Request("budget-negative", "request.raas-budget.type", {"raas_budget": -64},
+            "custom_params.raas_budget: must be a positive integer"),
+    Request("budget-float", "request.raas-budget.type", {"raas_budget": 64.5},
+            "custom_params.raas_budget: must be a positive integer"),
+    Request("budget-bool", "request.raas-budget.type", {"raas_budget": True},
+            "custom_params.raas_budget: must be a positive integer"),
+    Request("policy-unknown", "request.kv-policy", {"kv_policy": "lru"},
+            "custom_params.kv_policy: must be one of dense, raas"),
+    Request("policy-not-string", "request.kv-policy", {"kv_policy": 3},
+            "custom_params.kv_policy: must be one of dense, raas"),
+    Request("quest-without-bounds", "request.kv-policy.bounds", {"kv_policy": "quest"},
+            "custom_params.kv_policy: 'quest' needs page key bounds"),
+    Request("trace-not-bool", "request.raas-trace", {"raas_trace": "yes"},
+            "custom_params.raas_trace: must be true or false"),
+    Request("trace-number", "request.raas-trace", {"raas_trace": 1},
+            "custom_params.raas_trace: must be true or false"),
+    Request("beam-search", "request.beam-search", {}, "beam_width: beam search is not supported with --kv-policy raas",
+            beam_width=2),
+    Request("budgeted-policy-on-dense", "request.kv-policy.dense-server", {"kv_policy": "raas"},
+            "custom_params.kv_policy: 'raas' needs a server started with a budgeted --kv-policy",
+            server={"policy": "dense", "page_size": 1}),
+    Request("quest-on-exact-kernel", "request.kv-policy.exact-kernel", {"kv_policy": "raas+quest"},
+            "custom_params.kv_policy: 'raas+quest' is not available on this server",
+            server={**TEST_SERVER, "score": "exact", "exact_kernel": True}),
+)
+
+LAUNCH = {c.name: c for c in CASES if isinstance(c, Launch)}
+RESOLVED = {c.name: c for c in CASES if isinstance(c, Resolved)}
+REQUEST_CASES = {c.name: c for c in CASES if isinstance(c, Request)}
+# name -> (extra launch flags, message): the startup rows tests/test_cli.py launches
+FLAGS = {c.name: (c.argv, c.message) for c in LAUNCH.values()}
+# name -> (custom_params, message): the request rows sent over HTTP (tests/test_raas_eviction.py, bench/soak.py)
+REQUESTS = {c.name: (c.custom_params, c.message) for c in REQUEST_CASES.values() if c.http}
+
+
+def _input(case) -> str:
+    if isinstance(case, Launch):
+        return f"`{' '.join(case.argv)}`"
+    if isinstance(case, Resolved):
+        flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in case.flags.items())
+        changes = [f"{k}={v}" for k, v in case.view.items()] + [f"model.{k}={v}" for k, v in case.model.items()]
+        return f"`{flags}`, resolved: `{', '.join(changes)}`"
+    text = f"`custom_params: {case.custom_params}`"
+    if case.beam_width is not None:
+        text += f", `beam_width: {case.beam_width}`"
+    if case.server is not None:
+        text += f", server: `{case.server}`"
+    return text
+
+
+def _test(case) -> str:
+    if isinstance(case, Launch):
+        return "launch"
+    return "http" if isinstance(case, Request) and case.http else "unit"
 
 
 def render() -> str:
     """docs/bad-input.md (regenerate: `python tests/bad_inputs.py > docs/bad-input.md`)."""
+    from raas_sglang.refusals import ROWS, show
+
     lines = [
         "# Bad input: what RaaS refuses, and how",
         "",
-        "Generated from `tests/bad_inputs.py`; each row is a test. Startup rows: `python -m sglang.launch_server`",
-        "exits non-zero and prints one line, `error: ` + the message (no traceback; `sgl.Engine` raises",
-        "`raas_sglang.config.ConfigError` with the same text). Request rows: `/generate` and",
-        "`/v1/chat/completions` answer HTTP 400 with the message, and the server keeps serving.",
+        "Generated by `python tests/bad_inputs.py > docs/bad-input.md` from the refusal registry",
+        "(`raas_sglang/refusals.py`) and the cases of `tests/bad_inputs.py`, each a test; tests/test_bad_input_doc.py",
+        "fails when this file is stale, when a row has no case or when a case names an unknown row.",
         "",
-        "| kind | case | input | message (prefix) |",
-        "|---|---|---|---|",
+        "- `flag` rows: a bad value of a RaaS flag. `python -m sglang.launch_server` exits non-zero and prints one",
+        "  line, `error: ` + the message (no traceback); `sgl.Engine` raises `raas_sglang.config.ConfigError` with",
+        "  the same text.",
+        "- `startup` rows: what a budgeted `--kv-policy` cannot run with yet, checked once SGLang has resolved the",
+        "  server args, before any child process starts. One line as above: `error: --kv-policy POLICY does not",
+        "  support ` + the messages of all matching rows, joined by `; nor `.",
+        "- `request` rows: `/generate`, the OpenAI endpoints and `sgl.Engine` answer HTTP 400 (a `ValueError`) with",
+        "  the message of the first matching row, in this order; the server keeps serving.",
+        "",
+        "`{name}` in a message is filled in from the input.",
+        "",
+        "| row | refused when | message |",
+        "|---|---|---|",
     ]
-    for name, (args, msg) in FLAGS.items():
-        lines.append(f"| startup | {name} | `{' '.join(args)}` | `{msg}` |")
-    for name, (custom, msg) in REQUESTS.items():
-        lines.append(f"| request | {name} | `custom_params: {custom}` | `{msg}` |")
+    lines += [f"| `{r.id}` | {show(r.when)} | `{show(r.message)}` |" for r in ROWS.values()]
+    lines += [
+        "",
+        "## Cases",
+        "",
+        "`launch`: the stock launcher with these flags (tests/test_cli.py). `http`: a valid request with this change,",
+        "sent to `/generate` and `/v1/chat/completions` of a `--kv-policy raas --raas-budget 256` server, which must",
+        "keep serving (tests/test_raas_eviction.py). `unit`: the registry's check on these values",
+        "(tests/test_config.py; every request case runs there too): requests to other servers, and server args or",
+        "models the CPU test machine cannot start; a `resolved` input changes the resolved view of a plain",
+        "`--kv-policy raas` CPU server (`BASE_VIEW`: " + ", ".join(f"{k}={v}" for k, v in BASE_VIEW.items()) + ").",
+        "",
+        "| case | row | test | input | message (prefix) |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [f"| {c.name} | `{c.row}` | {_test(c)} | {_input(c)} | `{c.message}` |" for c in CASES]
     return "\n".join(lines) + "\n"
 
 

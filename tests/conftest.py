@@ -21,7 +21,9 @@ from raas_sglang.cpu_env import has_cuda
 from raas_sglang.dev.launch import STRICT_KV_CHECKS, Server, start_server
 
 REPO = Path(__file__).resolve().parent.parent
-SMALL_POOL = ("--max-total-tokens", "4096", "--mem-fraction-static", "0.5")
+# NOTE: an idle SGLang scheduler polls without sleeping (a whole core) unless `--sleep-on-idle`; on a 2-core
+# machine a server waiting between two tests would halve the speed of everything else
+SMALL_POOL = ("--max-total-tokens", "4096", "--mem-fraction-static", "0.5", "--sleep-on-idle")
 STRICT_ENV = STRICT_KV_CHECKS
 
 
@@ -72,6 +74,22 @@ def serve_all(model_dir: Path, specs: dict[str, tuple[tuple, Path, dict | None]]
             server.stop()
         raise error
     return started
+
+
+# The one RaaS server most modules share (each server start costs ~25 s of imports on 2 cores): page 16, server
+# budget 256, radix cache on, chunked prefill at 128 tokens (so long prompts take the chunk-checkpoint path),
+# SGLang's strict KV checks, and the throwaway test policy "lifo" (tests/policy_lifo.py) available per request.
+RAAS_SERVER_ARGS = ("--kv-policy", "raas", "--raas-budget", "256", "--chunked-prefill-size", "128")
+LIFO_POLICY_FILE = REPO / "tests" / "policy_lifo.py"
+
+
+@pytest.fixture(scope="session")
+def raas_server(model_dir, tmp_path_factory):
+    """A shared `--kv-policy raas` server (see RAAS_SERVER_ARGS). Tests must leave it idle and leak-free."""
+    env = {**STRICT_ENV, "RAAS_POLICY_MODULES": str(LIFO_POLICY_FILE)}
+    srv = serve(model_dir, *RAAS_SERVER_ARGS, tmp=tmp_path_factory.mktemp("raas_shared"), env=env)
+    yield srv
+    srv.stop()
 
 
 @pytest.fixture(scope="session")

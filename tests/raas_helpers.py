@@ -52,3 +52,17 @@ def masked_reference_error(model, prompt: list[int], out: dict, dense: bool = Fa
     ref = lp[len(prompt) - 1 : -1].gather(1, torch.tensor(out["output_ids"])[:, None]).squeeze(1)
     got = torch.tensor([x[0] for x in out["meta_info"]["output_token_logprobs"]])
     return (got - ref).abs().max().item()
+
+
+def policy_state(num_rows: int, budget_pages: int, page_size: int, ratio: float = 0.5, threshold: float | None = None,
+                 reserve: float = 0.0):
+    """A `RaasState` whose raas policy runs the given refresh rule and reserve (the paper's rule by default:
+    ratio 0.5, no threshold, no reserve); the other policies with their defaults."""
+    from raas_sglang.core import RaasState
+    from raas_sglang.policies import REGISTRY, PolicySet
+    from raas_sglang.policies.raas import Raas
+
+    raas = Raas(refresh_ratio=ratio, refresh_threshold=threshold or 0.0, reserve=reserve)
+    others = [cls() if cls.__name__ != "RaasQuest" else cls(ratio, threshold or 0.0, reserve)
+              for name, cls in REGISTRY.items() if name != "raas"]
+    return RaasState(num_rows, budget_pages, page_size, policies=PolicySet([raas, *others]))

@@ -11,13 +11,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from bad_inputs import FLAGS
+from bad_inputs import BASE_VIEW, FLAGS
 from raas_sglang.cpu_env import has_cuda, launch_env
 
 LAUNCH = [sys.executable, "-m", "sglang.launch_server"]
 CPU = [] if has_cuda() else ["--device", "cpu", "--dtype", "float32"]
 
-BAD = FLAGS  # the startup rows of the bad-input table
+BAD = FLAGS  # the launch cases of the bad-input table: name -> (extra flags, message)
 
 
 def _run(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
@@ -39,8 +39,8 @@ def refusals(model_dir):
 def test_help_lists_raas_flags():
     out = _run(["--help"])
     assert out.returncode == 0, out.stderr[-2000:]
-    for flag in ("--kv-policy {dense,raas,streaming,h2o,quest,raas+quest}", "--raas-budget", "--raas-refresh-ratio", "--raas-score", "--raas-reduce",
-                 "--raas-reserve"):
+    for flag in ("--kv-policy {dense,raas,streaming,h2o,quest,raas+quest}", "--raas-budget", "--raas-refresh-ratio",
+                 "--raas-refresh-threshold", "--raas-score", "--raas-reduce", "--raas-reserve"):
         assert flag in out.stdout, f"{flag} missing from --help: the raas plugin did not load"
 
 
@@ -60,3 +60,38 @@ def test_plugin_imports_from_any_folder(tmp_path):
     for cwd in (None, tmp_path):
         out = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=60)
         assert out.returncode == 0 and "raas_sglang.patches raas_sglang.kernels" in out.stdout, out.stderr
+
+
+VIEW_SCRIPT = r"""
+import json, sys
+from sglang.srt.arg_groups.overrides import resolving_view
+from raas_sglang.patches.server_args import engine_server_args
+from raas_sglang.patches.startup_checks import check_server_args
+
+record = engine_server_args(model_path=sys.argv[1], device="cpu", attention_backend="torch_native", dtype="float32",
+                            max_total_tokens=4096, kv_policy="raas")
+record.resolve_once()
+check_server_args(None, record)  # a plain RaaS server: refused by no row
+view, values = resolving_view(record), {}
+for name in json.loads(sys.argv[2]):
+    node = view
+    for part in name.split("."):
+        node = getattr(node, part)
+    values[name] = node if node is None or isinstance(node, (bool, int, float)) else str(node)
+print("RESULT " + json.dumps(values))
+"""
+
+
+@pytest.mark.skipif(has_cuda(), reason="BASE_VIEW is the resolved view of a CPU server")
+def test_base_view_is_sglangs(model_dir, tmp_path):
+    """The resolved values the `Resolved` bad-input cases start from (tests/bad_inputs.py BASE_VIEW) are the
+    names and values of a real resolved plain `--kv-policy raas` CPU server, which no startup row refuses."""
+    import json
+
+    script = tmp_path / "view.py"
+    script.write_text(VIEW_SCRIPT)
+    proc = subprocess.run([sys.executable, str(script), str(model_dir), json.dumps(list(BASE_VIEW))], env=launch_env(),
+                          capture_output=True, text=True, timeout=180, start_new_session=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert json.loads(lines[-1][7:]) == BASE_VIEW

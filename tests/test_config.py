@@ -1,10 +1,14 @@
-"""Unit tests of flag validation (`raas_sglang.config`): no SGLang, no server."""
+"""Unit tests of flag and request validation (`raas_sglang.config`, `raas_sglang.refusals`): no SGLang, no server."""
 
 import re
+from types import SimpleNamespace
 
 import pytest
 
-from raas_sglang.config import ConfigError, RaasConfig, default_page_size, request_overrides, resolve
+from bad_inputs import BASE_MODEL, BASE_VIEW, LAUNCH, REQUEST_CASES, RESOLVED, TEST_SERVER
+from raas_sglang import refusals
+from raas_sglang.config import FLAGS as FLAG_ATTRS
+from raas_sglang.config import POLICIES, ConfigError, RaasConfig, default_page_size, request_overrides, resolve
 
 
 def test_defaults_dense():
@@ -79,3 +83,85 @@ def test_exact_kernel_server_refuses_prompt_narrowing_requests():
     for policy in ("quest", "raas+quest"):
         with pytest.raises(ConfigError, match=re.escape(f"custom_params.kv_policy: '{policy}' is not available on")):
             request_overrides({"kv_policy": policy}, server)
+
+
+# -- the bad-input cases of the refusal registry (tests/bad_inputs.py) that need no server ------------------------
+
+
+def _namespace(values: dict) -> SimpleNamespace:
+    """Dotted names ("cuda_graph_config.decode.backend") become nested namespaces."""
+    root = SimpleNamespace()
+    for name, value in values.items():
+        *path, last = name.split(".")
+        node = root
+        for part in path:
+            if not hasattr(node, part):
+                setattr(node, part, SimpleNamespace())
+            node = getattr(node, part)
+        setattr(node, last, value)
+    return root
+
+
+def _startup(case_flags: dict, view: dict, model: dict) -> refusals.Startup:
+    config = resolve(case_flags, 16)
+    return refusals.Startup(_namespace({**BASE_VIEW, **view}), config, _namespace({**BASE_MODEL, **model}))
+
+
+@pytest.mark.parametrize("case", sorted(REQUEST_CASES))
+def test_request_case(case):
+    """Each request case is refused by the row it names, with its message; through `request_overrides` too (the
+    scheduler side; `beam_width` is checked on the tokenizer side only)."""
+    c = REQUEST_CASES[case]
+    server = RaasConfig(**(c.server or TEST_SERVER))
+    row, message = refusals.request_refusal(c.custom_params, server, c.beam_width)
+    assert row.id == c.row and message.startswith(c.message) and "\n" not in message
+    if c.beam_width is None:
+        with pytest.raises(ConfigError) as err:
+            request_overrides(c.custom_params, server)
+        assert str(err.value) == message
+
+
+@pytest.mark.parametrize("case", sorted(RESOLVED))
+def test_resolved_case(case):
+    c = RESOLVED[case]
+    rows, message = refusals.startup_refusal(_startup(c.flags, c.view, c.model))
+    assert c.row in [r.id for r in rows] and message.startswith(c.message) and "\n" not in message
+
+
+@pytest.mark.parametrize("policy", [p for p in POLICIES if p != "dense"])
+def test_plain_servers_start(policy):
+    """The base view refuses nothing for any budgeted policy (a model config that cannot be built skips the model
+    rows); dense is never checked."""
+    assert refusals.startup_refusal(_startup({"kv_policy": policy}, {}, {})) is None
+    assert refusals.startup_refusal(refusals.Startup(_namespace(BASE_VIEW), resolve({"kv_policy": policy}, 16))) is None
+    dense = _startup({}, {"tp_size": 8, "enable_torch_compile": True}, {"attention_arch": "MLA"})
+    assert refusals.startup_refusal(dense) is None
+
+
+def _given(argv: list[str]) -> tuple[dict, int | None]:
+    """The RaaS flags and --page-size of a launch case, as `from_cli_args` hands them to `resolve`."""
+    given, page = {}, None
+    for i, token in enumerate(argv):
+        name, _, value = token.partition("=")
+        if name in FLAG_ATTRS or name == "--page-size":
+            value = value or argv[i + 1]
+            if name == "--page-size":
+                page = int(value)
+            else:
+                given[FLAG_ATTRS[name]] = value
+    return given, page
+
+
+@pytest.mark.parametrize("case", sorted(LAUNCH))
+def test_launch_case_flags(case):
+    """The launch cases of rows that `resolve` checks fail there with their message; the others pass it (they are
+    refused once resolved)."""
+    c = LAUNCH[case]
+    given, page = _given(c.argv)
+    page = default_page_size(given.get("kv_policy") or "dense", page) or 1
+    if refusals.ROWS[c.row].refuses is None:
+        with pytest.raises(ConfigError) as err:
+            resolve(given, page)
+        assert str(err.value).startswith(c.message)
+    else:
+        resolve(given, page)

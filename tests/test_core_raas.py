@@ -8,11 +8,12 @@ import random
 import pytest
 import torch
 
+from raas_helpers import policy_state
 from raas_sglang.core import EMPTY, RaasState
 
 
 class RefRow:
-    """Plain-Python statement of the rules in ../shared/design.md for one request."""
+    """Plain-Python statement of the rules in docs/architecture.md for one request."""
 
     def __init__(self, pin_len: int, limit: int, ps: int, reserve: float = 0.0):
         self.pin_len, self.limit, self.ps, self.reserve = pin_len, limit, ps, reserve
@@ -78,7 +79,7 @@ def test_randomized_against_plain_model(seed):
     threshold = rng.choice([None, 0.5, 1.0])
     reserve = (0.0, 0.0, 0.25, 0.5, 0.9)[seed % 5]  # the heavy-hitter reserve: off, then ever larger
     nrows = 5
-    state = RaasState(num_rows=nrows + 2, budget_pages=L, page_size=ps, reserve=reserve)
+    state = policy_state(nrows + 2, L, ps, ratio, threshold, reserve)
     rows = list(range(1, nrows + 1))
     refs, pos = {}, {}
     for r in rows:
@@ -97,7 +98,7 @@ def test_randomized_against_plain_model(seed):
         assert got == want
         for r in batch:
             refs[r].write(pos[r])
-        state.observe(t_rows, scores_for(state, t_rows, per_row), ratio, threshold)
+        state.observe(t_rows, scores_for(state, t_rows, per_row))
         for r, sc in zip(batch, per_row):
             refs[r].observe(sc, ratio, threshold)
             pos[r] += 1
@@ -113,7 +114,7 @@ def test_randomized_against_plain_model(seed):
 
 def test_never_evicts_pinned_or_newest_and_bounds_memory():
     ps, L = 16, 3
-    state = RaasState(4, L, ps)
+    state = policy_state(4, L, ps, ratio=0.5, threshold=1.0)
     state.admit(2, pin_len=40)  # pinned pages 0..2 (page 2 partially prompt)
     row = torch.tensor([2])
     evicted = []
@@ -124,13 +125,13 @@ def test_never_evicts_pinned_or_newest_and_bounds_memory():
             assert int(v[0]) >= 3, "a pinned page was chosen"
         assert int(state.count[2]) <= L
         # equal scores: every stamp ties, so the lowest page goes first
-        state.observe(row, torch.zeros(1, L), ratio=0.5, threshold=1.0)
+        state.observe(row, torch.zeros(1, L))
     assert evicted == list(range(3, 12))  # 12 decode pages opened (3..14), the 9 oldest evicted
 
 
 def test_refresh_keeps_a_hot_page():
     ps, L = 1, 3
-    state = RaasState(2, L, ps)
+    state = policy_state(2, L, ps, ratio=0.3)
     state.admit(1, pin_len=1)
     row = torch.tensor([1])
     for pos in range(1, 30):
@@ -138,18 +139,18 @@ def test_refresh_keeps_a_hot_page():
         # page 1 always scores highest and is refreshed every step (top ceil(0.3*3) = 1 page)
         pages = state.pages[1]
         scores = torch.where(pages == 1, 10.0, 0.0)[None, :]
-        state.observe(row, scores, ratio=0.3)
+        state.observe(row, scores)
     assert 1 in state.resident_pages(1)
     assert state.resident_pages(1) == [1, 28, 29]
 
 
 def test_first_hole_and_evict_zero_is_safe():
-    state = RaasState(3, 2, 4)
+    state = policy_state(3, 2, 4)
     state.admit(1, pin_len=6)  # pinned pages 0, 1 (page 1 is the partial prompt page)
     row = torch.tensor([1])
     for pos in range(6, 20):
         step_state(state, row, torch.tensor([pos]))
-        state.observe(row, torch.zeros(1, 2), ratio=0.5)
+        state.observe(row, torch.zeros(1, 2))
     # decode pages 2, 3, 4 opened at 8, 12, 16; page 2 evicted when page 4 opened
     assert state.resident_pages(1) == [3, 4]
     assert state.first_hole(1, 20) == 8
@@ -171,7 +172,7 @@ def test_reserve_keeps_an_early_heavy_page_the_stamp_rule_drops():
     the heavy-hitter reserve keeps it; both stay within the row's limit."""
     kept = {}
     for reserve in (0.0, 0.25):
-        state = RaasState(num_rows=1, budget_pages=8, page_size=1, reserve=reserve)
+        state = policy_state(1, 8, 1, ratio=0.5, reserve=reserve)
         rows = torch.tensor([0])
         state.admit(0, pin_len=1)
         for pos in range(1, 60):
@@ -181,7 +182,7 @@ def test_reserve_keeps_an_early_heavy_page_the_stamp_rule_drops():
             hot = 1 if pos < 4 else pos
             rest = torch.where(pages == 1, 0.0, 0.1 + 0.001 * pages)
             score = torch.where(pages == hot, 1.0, rest).float()[None, :]
-            state.observe(rows, score, 0.5)
+            state.observe(rows, score)
             assert int(state.count[0]) <= 8
         kept[reserve] = 1 in state.resident_pages(0)
     assert kept == {0.0: False, 0.25: True}

@@ -14,7 +14,7 @@ import urllib.error
 
 import pytest
 
-from conftest import STRICT_ENV, serve
+from conftest import STRICT_ENV, serve_all
 from raas_helpers import gen
 
 PROMPT = [1] + list(range(30, 70))
@@ -28,18 +28,26 @@ FAULTS = {
 }
 
 
-@pytest.mark.parametrize("fault", sorted(FAULTS))
-def test_check_fires_on_injected_fault(fault, model_dir, tmp_path):
-    srv = serve(model_dir, "--kv-policy", "raas", "--raas-budget", "64", tmp=tmp_path,
-                env={**STRICT_ENV, "RAAS_TEST_FAULT": fault})
-    try:
-        with pytest.raises((urllib.error.URLError, ConnectionError, TimeoutError, OSError)):
-            for _ in range(3):  # evict, finish, go idle: each check gets its chance
-                gen(srv, PROMPT, 200)
-                time.sleep(1.0)
-        deadline = time.monotonic() + 30
-        while not re.search(FAULTS[fault], srv.log_text()) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert re.search(FAULTS[fault], srv.log_text()), srv.log_text()[-3000:]
-    finally:
+@pytest.fixture(scope="module")
+def faulty(model_dir, tmp_path_factory):
+    """One server per fault, started side by side (each start is ~25 s of imports)."""
+    args = ("--kv-policy", "raas", "--raas-budget", "64")
+    srvs = serve_all(model_dir, {
+        fault: (args, tmp_path_factory.mktemp(fault), {**STRICT_ENV, "RAAS_TEST_FAULT": fault}) for fault in FAULTS
+    })
+    yield srvs
+    for srv in srvs.values():
         srv.stop()
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_check_fires_on_injected_fault(fault, faulty):
+    srv = faulty[fault]
+    with pytest.raises((urllib.error.URLError, ConnectionError, TimeoutError, OSError)):
+        for _ in range(3):  # evict, finish, go idle: each check gets its chance
+            gen(srv, PROMPT, 200)
+            time.sleep(1.0)
+    deadline = time.monotonic() + 30
+    while not re.search(FAULTS[fault], srv.log_text()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert re.search(FAULTS[fault], srv.log_text()), srv.log_text()[-3000:]

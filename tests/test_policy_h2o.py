@@ -38,5 +38,5 @@ def test_against_plain_model():
             for slot, page in enumerate(state.pages[0].tolist()):
                 if page != EMPTY:
                     acc[page] += float(scores[0, slot])
-            state.observe(rows, scores, 0.5)
+            state.observe(rows, scores)
             assert sorted(acc) == state.resident_pages(0)

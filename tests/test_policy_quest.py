@@ -11,6 +11,7 @@ from conftest import STRICT_ENV, serve
 from raas_helpers import bound, gen
 from raas_sglang.config import RaasConfig
 from raas_sglang.patches import attention, runtime
+from raas_sglang.step import quest_keep
 
 PS = 4
 
@@ -50,10 +51,10 @@ def test_selection_is_top_k_by_quest_bound(monkeypatch):
     monkeypatch.setattr(runtime, "_LOADED", True)
     backend = SimpleNamespace(token_to_kv_pool=pool, req_to_token_pool=SimpleNamespace(req_to_token=req_to_token))
     batch = SimpleNamespace(forward_mode=ForwardMode.DECODE, req_pool_indices=rows, seq_lens=seq)
-    attention.begin_forward(backend, batch, exact=True, batched=True)
+    fwd = attention.begin_forward(backend, batch, attention.Backend.TORCH_NATIVE)
     q = torch.randn(3, 4, d)
-    keep = rt.select(0, q, 0.5)
-    table = rt.table
+    table = fwd.table
+    keep = quest_keep(table, rt.bounds, 0, q, 0.5, rt.state.limit[table.rows])
     for i, (r, s) in enumerate(zip(rows.tolist(), seq.tolist())):
         n = int(table.n[i])
         kept = sorted({int(p) // PS for p, k in zip(table.pos[i, :n].tolist(), keep[i, :n].tolist()) if k})

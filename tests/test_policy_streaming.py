@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from raas_sglang.config import RaasConfig
 from raas_sglang.core import EMPTY, RaasState
-from raas_sglang.patches import runtime
+from raas_sglang.step import resident_positions
 
 PS, L = 4, 3
 
@@ -20,7 +19,7 @@ def _run(state: RaasState, row: int, start: int, steps: int) -> list[int]:
             evicted.append(int(v.page[0]))
         state.evict(v)
         state.open_pages(rows, torch.tensor([pos]))
-        state.observe(rows, torch.rand(1, L), 0.5)
+        state.observe(rows, torch.rand(1, L))
     return evicted
 
 
@@ -34,19 +33,18 @@ def test_fifo_keeps_the_newest_pages():
 
 
 def test_prompt_window_is_sink_page_plus_recent_window():
-    rt = runtime.Runtime(RaasConfig(policy="streaming", budget_tokens=L * PS, page_size=PS))
-    rt.ensure_state(torch.zeros(2, 256, dtype=torch.int32))
-    rt.state.admit(0, pin_len=40, budget_pages=L, policy="streaming")  # a 40-token prompt: pages 0..9 pinned
-    rt.state.admit(1, pin_len=40, budget_pages=L, policy="raas")
+    state = RaasState(num_rows=2, budget_pages=L, page_size=PS)
+    state.admit(0, pin_len=40, budget_pages=L, policy="streaming")  # a 40-token prompt: pages 0..9 pinned
+    state.admit(1, pin_len=40, budget_pages=L, policy="raas")
     rows = torch.tensor([0, 1])
     # first decode step: position 40 opens page 10; the window (12 tokens) reaches back to position 29
     for row in (0, 1):
-        rt.state.open_pages(torch.tensor([row]), torch.tensor([40]))
-    pos, n, _ = rt.resident_positions(rows, torch.tensor([41, 41]))
+        state.open_pages(torch.tensor([row]), torch.tensor([40]))
+    pos, n, _ = resident_positions(state, rows, torch.tensor([41, 41]))
     assert pos[0, : int(n[0])].tolist() == [0, 1, 2, 3, *range(29, 41)]  # sink page + last 12 tokens
     assert pos[1, : int(n[1])].tolist() == list(range(41))  # raas attends to the whole prompt
     # later: only decode pages are in the window; the prompt contributes the sink page alone
-    evicted = _run(rt.state, 0, 41, 30)
+    evicted = _run(state, 0, 41, 30)
     assert evicted
-    pos, n, _ = rt.resident_positions(torch.tensor([0]), torch.tensor([71]))
+    pos, n, _ = resident_positions(state, torch.tensor([0]), torch.tensor([71]))
     assert pos[0, : int(n[0])].tolist() == [0, 1, 2, 3, *range(60, 71)]

@@ -1,5 +1,5 @@
 """RaaS physical eviction inside a real SGLang server (CPU, tiny model, float32, page 16, radix cache on),
-under SGLang's strict KV checks. Checks invariants I1-I5 of ../shared/design.md from the outside."""
+under SGLang's strict KV checks. Checks invariants I1-I5 (docs/architecture.md) from the outside."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from bad_inputs import REQUESTS
-from conftest import STRICT_ENV, serve
 from raas_helpers import bound, gen, hf_logprobs, masked_reference_error
 
 SERVER_BUDGET = 256
@@ -21,16 +20,9 @@ PROMPT = [1] + list(range(30, 70))  # 41 tokens: pinned pages 0..2 (page 2 is th
 
 
 @pytest.fixture(scope="module")
-def server(model_dir, tmp_path_factory):
-    srv = serve(
-        model_dir,
-        "--kv-policy", "raas", "--raas-budget", str(SERVER_BUDGET),
-        "--chunked-prefill-size", "128",  # long prompts (multi-turn turn 2) take the chunk-checkpoint path
-        tmp=tmp_path_factory.mktemp("raas_evict"),
-        env=STRICT_ENV,
-    )
-    yield srv
-    srv.stop()
+def server(raas_server):
+    """The shared RaaS server (conftest.RAAS_SERVER_ARGS: budget 256, chunked prefill 128, strict KV checks)."""
+    return raas_server
 
 
 def test_exact_when_budget_covers_output(server, hf):

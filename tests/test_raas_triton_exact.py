@@ -11,22 +11,19 @@ import urllib.error
 
 import pytest
 
-from conftest import STRICT_ENV, serve_all
+from conftest import STRICT_ENV, serve
 from raas_helpers import gen
 from test_raas_triton import PROMPT, REQUESTS, compare_backends
 
 
 @pytest.fixture(scope="module")
-def servers(model_dir, tmp_path_factory):
-    common = ("--kv-policy", "raas", "--raas-budget", "256", "--raas-score", "exact")
-    srvs = serve_all(model_dir, {
-        "triton": ((*common, "--attention-backend", "triton"), tmp_path_factory.mktemp("triton_exact"),
-                   {**STRICT_ENV, "TRITON_INTERPRET": "1"}),
-        "torch_native": (common, tmp_path_factory.mktemp("native_exact"), STRICT_ENV),
-    })
-    yield srvs
-    for srv in srvs.values():
-        srv.stop()
+def servers(model_dir, tmp_path_factory, raas_server):
+    """The triton server, and the shared torch_native RaaS server (exact scores: --raas-score auto there)."""
+    args = ("--kv-policy", "raas", "--raas-budget", "256", "--raas-score", "exact", "--attention-backend", "triton")
+    triton = serve(model_dir, *args, tmp=tmp_path_factory.mktemp("triton_exact"),
+                   env={**STRICT_ENV, "TRITON_INTERPRET": "1"})
+    yield {"triton": triton, "torch_native": raas_server}
+    triton.stop()
 
 
 def test_triton_kernel_equals_torch_native_exact(servers, hf):

@@ -24,7 +24,7 @@ PS, L, ROWS, MAX_LEN, SLOTS = 4, 3, 6, 96, 1024
 
 def _evolve(seed: int, reduce: str = "mean-mean"):
     """A runtime whose rows went through random decode steps with evictions, and its req_to_token [ROWS, MAX_LEN]
-    (distinct live slots; evicted entries point at slot 0, as `Runtime.evict` leaves them)."""
+    (distinct live slots; evicted entries point at slot 0, as `patches.eviction.evict` leaves them)."""
     gen = random.Random(seed)
     rt = runtime.Runtime(RaasConfig(policy="raas", budget_tokens=L * PS, page_size=PS, reduce=reduce))
     req_to_token = torch.zeros(ROWS, MAX_LEN, dtype=torch.int32)
@@ -43,7 +43,7 @@ def _evolve(seed: int, reduce: str = "mean-mean"):
         state.evict(v)
         state.open_pages(rows, pos)
         seq += 1
-        state.observe(rows, torch.rand(len(rows), L), 0.5)
+        state.observe(rows, torch.rand(len(rows), L))
     return rt, req_to_token, rows, seq
 
 
@@ -82,9 +82,9 @@ def test_torch_native_table_is_the_resident_set(seed, monkeypatch):
     rt, req_to_token, rows, seq = _evolve(seed)
     monkeypatch.setattr(runtime, "_RUNTIME", rt)
     parts, batch = _fixtures(rt, req_to_token, rows, seq)
-    attention.begin_forward(SimpleNamespace(**parts), batch, exact=True, batched=True)
-    assert rt.state.evicted[rows].sum() > 0 and rt.table is not None
-    table = rt.table
+    fwd = attention.begin_forward(SimpleNamespace(**parts), batch, attention.Backend.TORCH_NATIVE)
+    assert rt.state.evicted[rows].sum() > 0 and fwd.table is not None
+    table = fwd.table
     got = [table.slots[i, : int(table.n[i])].tolist() for i in range(len(rows))]
     assert got == _expected(rt, req_to_token, rows, seq)
     assert _split(*table.ragged()) == got
@@ -97,13 +97,14 @@ def test_torch_native_batched_decode_and_exact_page_mass(seed, reduce, monkeypat
     rt, req_to_token, rows, seq = _evolve(seed, reduce)
     monkeypatch.setattr(runtime, "_RUNTIME", rt)
     parts, batch = _fixtures(rt, req_to_token, rows, seq)
-    attention.begin_forward(SimpleNamespace(**parts), batch, exact=True, batched=True)
+    fwd = attention.begin_forward(SimpleNamespace(**parts), batch, attention.Backend.TORCH_NATIVE)
+    acc = fwd.scores.acc
     gen = torch.Generator().manual_seed(seed)
     kv_heads, q_heads, d = 2, 6, 8
     k_cache, v_cache = torch.randn(SLOTS, kv_heads, d, generator=gen), torch.randn(SLOTS, kv_heads, d, generator=gen)
     q = torch.randn(len(rows), q_heads, d, generator=gen)
     out, mass = rt.decode(q, k_cache, v_cache, 0.3)
-    rt.add_mass(mass)
+    fwd.scores.add_mass(mass, fwd.table.col_slot)
     for i, (r, want_slots) in enumerate(zip(rows.tolist(), _expected(rt, req_to_token, rows, seq))):
         idx = torch.tensor(want_slots)
         k = k_cache[idx].repeat_interleave(3, dim=1)  # [n, q_heads, d]
@@ -113,12 +114,12 @@ def test_torch_native_batched_decode_and_exact_page_mass(seed, reduce, monkeypat
         positions = [p_ for p_ in range(int(seq[i])) if p_ < pin_end or p_ // PS in set(rt.state.resident_pages(r))]
         for slot, page in enumerate(rt.state.pages[r].tolist()):
             if page == EMPTY:
-                assert rt.acc[i, slot] == 0
+                assert acc[i, slot] == 0
                 continue
             cols = [j for j, p_ in enumerate(positions) if p_ >= pin_end and p_ // PS == page]
             per_head = p[:, cols].sum(dim=1)  # [q_heads]
             want = per_head.amax() if reduce.startswith("max") else per_head.mean()
-            assert cols and torch.isclose(rt.acc[i, slot], want, atol=1e-6)
+            assert cols and torch.isclose(acc[i, slot], want, atol=1e-6)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -144,7 +145,7 @@ def test_triton_backend_lists(seed, monkeypatch):
     assert md.kv_indptr.dtype == torch.int32 and md.kv_indices.dtype == torch.int64
     assert _split(md.kv_indptr, md.kv_indices) == _expected(rt, req_to_token, rows, seq)
     want = torch.empty(bs, dtype=torch.int32)
-    backend.get_num_kv_splits(want, rt.table.n, torch.zeros(1, dtype=torch.int32))
+    backend.get_num_kv_splits(want, rt.forward.table.n, torch.zeros(1, dtype=torch.int32))
     assert torch.equal(md.num_kv_splits, want)
 
 

@@ -8,16 +8,13 @@ import urllib.request
 import pytest
 import sglang as sgl
 
-from conftest import serve
 
 PROMPT_IDS = [1, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50]
 
 
 @pytest.fixture(scope="module")
-def server(model_dir, tmp_path_factory):
-    srv = serve(model_dir, "--kv-policy", "raas", "--raas-budget", "64", tmp=tmp_path_factory.mktemp("raas"))
-    yield srv
-    srv.stop()
+def server(raas_server):
+    return raas_server  # the shared RaaS server (conftest.RAAS_SERVER_ARGS)
 
 
 def test_server_runs_with_raas_config(server):

@@ -29,7 +29,7 @@ SHAPE = dict(
     max_position_embeddings=32768,
     vocab_size=512,
 )
-# "bench" shape of ../shared/measure.md: large enough that attention matters on CPU (random weights)
+# "bench" shape of docs/benchmarks.md: large enough that attention matters on CPU (random weights)
 BENCH_SHAPE = dict(
     hidden_size=512,
     intermediate_size=1408,

@@ -3,7 +3,7 @@
     python -m raas_sglang.dev.toy_reasoner [--minutes 35] [--out models/toy-reasoner]
 
 Character-level tokenizer (`tokenizers` WordLevel, one token per character), LlamaForCausalLM (4 layers, hidden
-128, 4 heads / 2 KV heads), float32, AdamW. What made this train on 2 cores (see ../shared/measure.md): the trace
+128, 4 heads / 2 KV heads), float32, AdamW. What made this train on 2 cores (see docs/benchmarks.md): the trace
 writes every looked-up value explicitly; a curriculum lengthens the countdown from 20 to 125 steps over the first
 60% of the time; milestone and answer tokens weigh 10x in the loss. Ends with a greedy evaluation of held-out
 problems (`EVAL_SEED`) and writes `train_log.json` next to the weights. Fixed seeds; the result is committed.

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import torch
 
+from raas_sglang.policies import register
 from raas_sglang.policies.base import EMPTY, Policy
 
 
+@register
 class H2O(Policy):
     name = "h2o"
 
@@ -20,5 +22,5 @@ class H2O(Policy):
         key = state.score[rows].double() + pages.double() * 1e-9
         return torch.where(recent, torch.full_like(key, float("inf")), key)
 
-    def observe(self, state, rows, scores, ratio, threshold):
+    def observe(self, state, rows, scores):
         state.accumulate(rows, scores)

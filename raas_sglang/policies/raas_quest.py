@@ -5,9 +5,11 @@ build). The prompt stays allocated (the radix tree shares it)."""
 
 from __future__ import annotations
 
+from raas_sglang.policies import register
 from raas_sglang.policies.raas import Raas
 
 
+@register
 class RaasQuest(Raas):
     name = "raas+quest"
     selects = "prompt"  # candidates: the pinned prompt pages

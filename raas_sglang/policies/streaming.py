@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import torch
 
+from raas_sglang.policies import register
 from raas_sglang.policies.base import Policy
 
 
+@register
 class Streaming(Policy):
     name = "streaming"
 

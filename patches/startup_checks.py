@@ -1,0 +1,57 @@
+"""Seam: the startup refusals — what a budgeted `--kv-policy` cannot run with yet, refused before any child
+process starts, with what to change.
+
+Upstream symbols hooked (sglang 0.5.23, `sglang/srt/server_args.py`):
+
+- `ServerArgs.check_server_args`, AFTER: runs once the record is resolved, on the CLI and `sgl.Engine` paths,
+  before any child process starts. It evaluates the startup rows of the refusal registry
+  (`raas_sglang/refusals.py`: the `flag.*` rows that need the resolved server, then the `startup.*` rows) over
+  SGLang's resolved view (`sglang.srt.arg_groups.overrides.resolving_view`), the record's `RaasConfig` and the
+  model config (`sglang.srt.arg_groups.model_override_base.model_config_of`), and refuses with one line: the CLI
+  launcher exits (`SystemExit`, `error: ...`, no traceback), `sgl.Engine` raises `ConfigError`.
+  A server that may start and decodes on triton with `--raas-score exact` gets `exact_kernel` set on its config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from raas_sglang.config import ConfigError
+from raas_sglang.patches.server_args import ATTR, config_of
+from raas_sglang.refusals import Startup, startup_refusal
+
+
+def _model_config(server_args):
+    """SGLang's `ModelConfig` of the record; None where it cannot be built (the model rows are then skipped)."""
+    try:
+        from sglang.srt.arg_groups.model_override_base import model_config_of
+
+        return model_config_of(server_args)
+    except (ImportError, AttributeError):
+        return None
+
+
+def check_server_args(result, self, *args, **kwargs):
+    """AFTER hook on `ServerArgs.check_server_args`."""
+    config = config_of(self)
+    if not config.enabled:
+        return result
+    from sglang.srt.arg_groups.overrides import resolving_view
+
+    view = resolving_view(self)
+    refused = startup_refusal(Startup(view, config, _model_config(self)))
+    if refused is not None:
+        _refuse(self, refused[1])
+    if config.score == "exact" and (view.decode_attention_backend or view.attention_backend) == "triton":
+        # NOTE: the launcher's tokenizer side and (pickled with the args) every child see the same record
+        setattr(self, ATTR, dataclasses.replace(config, exact_kernel=True))
+    return result
+
+
+def _refuse(server_args, message: str):
+    if str(server_args.launch_command or "").startswith("Engine("):
+        raise ConfigError(message)
+    raise SystemExit(f"error: {message}")  # the CLI launcher: one line, no traceback
+
+
+HOOKS = (("sglang.srt.server_args.ServerArgs.check_server_args", check_server_args, "AFTER"),)
