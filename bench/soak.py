@@ -30,7 +30,7 @@ from pathlib import Path
 
 from bench.common import log, raas_summary, wait_idle, write_json
 from raas_sglang.dev import tiny_model
-from raas_sglang.dev.launch import STRICT_KV_CHECKS, start_server
+from raas_sglang.dev.launch import ALL_KV_CHECKS, start_server
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from bad_inputs import REQUESTS  # noqa: E402  (the deliberate bad requests: the table the tests run)
@@ -40,7 +40,8 @@ BAD = {name: row for name, row in REQUESTS.items() if "needs page key bounds" no
 
 POLICIES = ("dense", "raas", "streaming", "h2o", "quest", "raas+quest")
 SERVER_BUDGET = 256
-VIOLATIONS = ("Traceback", "memory leak", "AssertionError", "KV page invariant", "double free", "Scheduler hit an exception")
+VIOLATIONS = ("Traceback", "memory leak", "AssertionError", "KV page invariant", "double free", "use-after-free",
+              "Scheduler hit an exception")
 
 
 @dataclass
@@ -183,13 +184,15 @@ def main(argv=None) -> int:
     ap.add_argument("--conservativeness", type=float, default=0.3,
                     help="--schedule-conservativeness: below 1 admits optimistically, so decodes outgrow the pool "
                          "and SGLang retracts")
+    ap.add_argument("--min-retractions", type=int, default=10,
+                    help="acceptance: at least this many retractions (the run must exercise them)")
     args = ap.parse_args(argv)
     server_args = ["--kv-policy", "raas+quest", "--raas-budget", str(SERVER_BUDGET), "--page-size", "16",
                    "--max-total-tokens", str(args.pool), "--max-running-requests", str(args.workers),
                    "--context-length", "4096",
                    "--schedule-conservativeness", str(args.conservativeness)]
     log(f"starting server: {' '.join(server_args)}")
-    env = {k: v for k, v in STRICT_KV_CHECKS.items() if "STRICT_MEM_CHECK" in k}
+    env = dict(ALL_KV_CHECKS)  # every KV / tree check SGLang has; recorded in the JSON
     t0 = time.monotonic()
     with start_server(tiny_model.build(), server_args, env=env) as server:
         lo, hi = (int(x) for x in args.long_tokens.split(","))
@@ -213,10 +216,16 @@ def main(argv=None) -> int:
         for line in soak.failures[:10]:
             log(line)
     data = {**asdict(tally), "seconds": round(time.monotonic() - t0, 1), "seed": args.seed, "workers": args.workers,
-            "pool_tokens": args.pool}
+            "pool_tokens": args.pool, "checks": env}
+    failed = [name for name, ok in (("errors", tally.errors == 0), ("leaked_slots", tally.leaked_slots == 0),
+                                    ("invariant_violations", tally.invariant_violations == 0),
+                                    ("retractions", tally.retractions >= args.min_retractions)) if not ok]
+    data["acceptance"] = {"passed": not failed, "failed": failed, "min_retractions": args.min_retractions}
     write_json(args.json, data)
     print(json.dumps(data, indent=1))
-    return 0
+    if failed:
+        log(f"FAILED its acceptance line: {', '.join(failed)}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ Seams (one module each; each names the upstream symbols it hooks):
 - `attention_triton`, `attention_flashinfer`: the same resident set as kv_indptr/kv_indices for those backends.
 - `radix`: hole-aware radix inserts, row frees and pool accounting.
 - `api`: per-request validation (HTTP 400), `meta_info["raas"]`, `/get_server_info`, metrics, the decode log.
+- `hooks` (no hooks): registers the others and stops the process if any did not take.
 - `runtime` (no hooks): the per-scheduler-process state those seams share; `eviction` (no hooks): the frees.
 - `failpoints` (no hooks; test-only): fault injection behind `RAAS_TEST_FAULT`.
 """
@@ -39,29 +40,34 @@ def register() -> None:
     global _registered
     if _registered:
         return
-    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+    from raas_sglang.patches import hooks
 
+    hooks.install()  # first: from here on, SGLang's apply_hooks() verifies every hook registered below
+    try:
+        _register_all(hooks)
+    except BaseException as err:  # SGLang's load_plugins only logs this; the next apply_hooks() raises it
+        hooks.plugin_failed(err)
+        raise
+    _registered = True
+
+
+def _register_all(hooks) -> None:
     from raas_sglang.patches import (
         admission, api, attention, attention_flashinfer, attention_triton, failpoints, overlap, radix, schedule,
         server_args, startup_checks,
     )
     from raas_sglang.patches.lazy import register_hooks_when_imported
 
-    def now(hooks):
-        for target, fn, kind in hooks:
-            HookRegistry.register(target, fn, HookType[kind])
-
     for module in (server_args, overlap, startup_checks):
-        now(module.HOOKS)
+        hooks.register(module.HOOKS)
     if multiprocessing.parent_process() is None:
         server_args.install_engine_factory()
-        for module, hooks in api.MAIN_HOOKS.items():
-            register_hooks_when_imported(module, hooks)
+        for module, module_hooks in api.MAIN_HOOKS.items():
+            register_hooks_when_imported(module, module_hooks)
     else:
         for module in (schedule, admission, attention, radix):
-            now(module.HOOKS)
+            hooks.register(module.HOOKS)
         failpoints.install()  # test-only: a no-op unless RAAS_TEST_FAULT is set
-        now(api.SCHEDULER_HOOKS)
+        hooks.register(api.SCHEDULER_HOOKS)
         for module in (attention_triton, attention_flashinfer):  # imported only by servers that use them
             register_hooks_when_imported(module.MODULE, module.HOOKS)
-    _registered = True

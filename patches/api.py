@@ -21,6 +21,8 @@ Scheduler process:
 - `...metrics_collector.SchedulerMetricsCollector.__init__` and `.log_stats`, AFTER: the counter
   `sglang:raas_evicted_pages_total` and the gauge `sglang:raas_resident_pages` (with `--enable-metrics`).
 - `...pool_stats_observer.PoolStats.get_decode_usage_msg_parts`, AFTER: evictions in the decode log line.
+- `sglang.srt.managers.scheduler.Scheduler.flush_cache`, AFTER: a successful flush restarts the allocator's
+  low-water mark (`kv_free_low_water_tokens` in `/get_server_info`, recorded by `patches/schedule.py`).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def verify(result, self, *args, **kwargs):
         return result
     try:
         config = _server_config()
-    except Exception:  # no published server args in this process (e.g. a bare SamplingParams): nothing to check
+    except ValueError:  # "Global server args is not set yet!": a bare SamplingParams, no server to check against
         return result
     from raas_sglang.refusals import refuse_request
 
@@ -155,6 +157,13 @@ def metrics_log_stats(result, self, *args, **kwargs):
     return result
 
 
+def flush_cache(result, self, *args, **kwargs):
+    rt = runtime.get()
+    if rt is not None and result:  # flushed: the allocator's low-water mark starts again
+        rt.totals.free_low_water = None
+    return result
+
+
 def decode_usage_msg_parts(result, self, *args, **kwargs):
     rt = runtime.get()
     if rt is not None:
@@ -165,6 +174,7 @@ def decode_usage_msg_parts(result, self, *args, **kwargs):
 _SC = "sglang.srt.managers.scheduler_components."
 SCHEDULER_HOOKS = (
     ("sglang.srt.managers.scheduler.Scheduler.__init__", scheduler_init, "AFTER"),
+    ("sglang.srt.managers.scheduler.Scheduler.flush_cache", flush_cache, "AFTER"),
     (
         _SC + "output_streamer.SchedulerOutputStreamer.build_additional_customized_info",
         build_additional_customized_info,

@@ -33,11 +33,12 @@ def register_hooks_when_imported(module: str, hooks) -> None:
     """Register `(target, fn, kind)` hooks with SGLang's registry once `module` is loaded, and apply them."""
 
     def apply(_):
-        from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+        from sglang.srt.plugins.hook_registry import HookRegistry
 
-        for target, fn, kind in hooks:
-            HookRegistry.register(target, fn, HookType[kind])
-        HookRegistry.apply_hooks()
+        from raas_sglang.patches import hooks as verified
+
+        verified.register(hooks)
+        HookRegistry.apply_hooks()  # NOTE: wrapped by patches/hooks.py: raises if a hook did not take
 
     when_imported(module, apply)
 

@@ -53,6 +53,7 @@ class Totals:
     raas_parts: dict = field(default_factory=dict)  # the same, split by part ("schedule", "tables", "layers")
     last_step_start: float = 0.0
     kernel_layer_calls: int = 0  # layers decoded by the plugin's triton kernel (--raas-score exact on triton)
+    free_low_water: int | None = None  # allocator's lowest free tokens after a decode allocation since a flush
 
 
 class Runtime:
@@ -137,8 +138,7 @@ class Runtime:
             self.state.release(row)
         return info
 
-    def resident_pages(self) -> int:
-        """Decode pages resident in RaaS rows right now."""
+    def resident_pages(self) -> int:  # decode pages resident in RaaS rows right now
         return 0 if self.state is None else int(self.state.count.sum())
 
     def summary(self) -> dict:
@@ -166,6 +166,7 @@ class Runtime:
             "raas_seconds": self.totals.raas_seconds,
             "raas_seconds_by_part": dict(self.totals.raas_parts),
             "exact_kernel_layer_calls": self.totals.kernel_layer_calls,
+            "kv_free_low_water_tokens": self.totals.free_low_water,
         }
 
     def report(self, row: int, info: RowInfo) -> dict:

@@ -73,6 +73,9 @@ def alloc_for_decode(orig, batch, token_per_req):
             positions = batch.seq_lens.to(torch.int64)  # [bs] logical position of this step's token
             eviction.evict(rt, rows, positions, req_to_token, batch.token_to_kv_pool_allocator)
     out = orig(batch, token_per_req)
+    free = batch.token_to_kv_pool_allocator.available_size()  # SGLang's own count, after this step's allocation
+    if rt.totals.free_low_water is None or free < rt.totals.free_low_water:
+        rt.totals.free_low_water = free
     if opening:
         with runtime.timed(rt, "schedule"):
             rt.state.open_pages(rows, positions)

@@ -18,17 +18,18 @@ import dataclasses
 
 from raas_sglang.config import ConfigError
 from raas_sglang.patches.server_args import ATTR, config_of
-from raas_sglang.refusals import Startup, startup_refusal
+from raas_sglang.refusals import Startup, VersionMismatch, startup_refusal
 
 
 def _model_config(server_args):
-    """SGLang's `ModelConfig` of the record; None where it cannot be built (the model rows are then skipped)."""
+    """SGLang's `ModelConfig` of the record (the model rows read it). NOTE: not found is an SGLang version
+    mismatch, which stops the server rather than skipping the model checks."""
     try:
         from sglang.srt.arg_groups.model_override_base import model_config_of
-
-        return model_config_of(server_args)
-    except (ImportError, AttributeError):
-        return None
+    except ImportError as err:
+        raise VersionMismatch(f"raas_sglang: SGLang has no model_config_of ({err}; is this SGLang 0.5.23?); "
+                              "refusing to start without the model checks") from None
+    return model_config_of(server_args)
 
 
 def check_server_args(result, self, *args, **kwargs):

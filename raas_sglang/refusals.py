@@ -24,7 +24,7 @@ be built), one case naming its id in tests/bad_inputs.py, then `python tests/bad
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 from raas_sglang import config as cfg
 from raas_sglang.config import ConfigError, RaasConfig
@@ -114,8 +114,8 @@ class Startup(Fields):
 
     @property
     def backends(self) -> set[str]:
-        v = self.view
-        return {v.attention_backend, v.decode_attention_backend, v.prefill_attention_backend} - {None}
+        names = ("attention_backend", "decode_attention_backend", "prefill_attention_backend")
+        return {arg(self.view, n) for n in names} - {None}
 
     @property
     def unsupported_backends(self) -> str:
@@ -146,19 +146,35 @@ class Request(Fields):
         return (isinstance(b, float) and b.is_integer()) or (isinstance(b, int) and not isinstance(b, bool))
 
 
+class VersionMismatch(RuntimeError):
+    """A server-args field the checks read is missing: this SGLang is not the one the plugin was built for."""
+
+
+def arg(view: Any, dotted: str) -> Any:
+    """The resolved server arg `dotted` (e.g. `cuda_graph_config.decode.backend`). NOTE: never defaulted: a
+    missing field means a refusal could silently stop applying, so it stops the server instead."""
+    value = view
+    for part in dotted.split("."):
+        try:
+            value = getattr(value, part)
+        except AttributeError:
+            raise VersionMismatch(f"raas_sglang: SGLang's server args have no {dotted!r} (is this SGLang 0.5.23?); "
+                                  "refusing to start without checking it") from None
+    return value
+
+
 def _set(attr: str) -> Callable[[Startup], bool]:
     """The server arg `attr` is on (a flag that must stay off under RaaS)."""
-    return lambda s: bool(getattr(s.view, attr))
+    return lambda s: bool(arg(s.view, attr))
 
 
 def _above_one(attr: str) -> Callable[[Startup], bool]:
-    return lambda s: (getattr(s.view, attr, 1) or 1) > 1
+    return lambda s: (arg(s.view, attr) or 1) > 1
 
 
 def _decode_graphs(s: Startup) -> bool:
-    graphs = getattr(s.view, "cuda_graph_config", None)
-    backend = getattr(getattr(graphs, "decode", None), "backend", "disabled")
-    return str(backend) not in ("disabled", "None") and str(getattr(s.view, "device", "cuda")) != "cpu"
+    backend = arg(s.view, "cuda_graph_config.decode.backend")
+    return str(backend) not in ("disabled", "None") and str(arg(s.view, "device")) != "cpu"
 
 
 FLAG = (
@@ -192,7 +208,7 @@ STARTUP = (
             "speculative decoding; drop --speculative-algorithm", _set("speculative_algorithm")),
     Refusal("startup.disaggregation", "`--disaggregation-mode` is not null",
             "PD disaggregation; drop --disaggregation-mode",
-            lambda s: str(s.view.disaggregation_mode) not in ("null", "None", "DisaggregationMode.NULL")),
+            lambda s: str(arg(s.view, "disaggregation_mode")) not in ("null", "None", "DisaggregationMode.NULL")),
     Refusal("startup.hierarchical-cache", "`--enable-hierarchical-cache`",
             "the hierarchical cache; drop --enable-hierarchical-cache", _set("enable_hierarchical_cache")),
     Refusal("startup.tp-size", "`--tp-size` above 1", "tp size > 1; use --tp-size 1", _above_one("tp_size")),
@@ -221,6 +237,29 @@ STARTUP = (
             _set("enable_torch_compile")),
     Refusal("startup.cuda-graph-decode", "CUDA graphs for decode on a non-CPU device (SGLang's default on CUDA)",
             "CUDA graphs for decode; add --cuda-graph-backend-decode=disabled", _decode_graphs),
+    # options that change how the radix tree is filled, how rows are freed, how batches overlap or where requests
+    # are validated: refused until tested with evictions (then they move to ALLOWED)
+    Refusal("startup.flexkv", "`--enable-flexkv`",
+            "FlexKV (its tree inserts read req_to_token directly, past evicted pages); drop --enable-flexkv",
+            _set("enable_flexkv")),
+    Refusal("startup.radix-cache-backend", "`--radix-cache-backend` names a registered backend",
+            "a custom radix-cache backend (only the built-in tree is hole-aware); drop --radix-cache-backend",
+            _set("radix_cache_backend")),
+    Refusal("startup.lmcache", "`--enable-lmcache`", "LMCache (it stores and reloads KV by prefix, evicted pages "
+            "included); drop --enable-lmcache", _set("enable_lmcache")),
+    Refusal("startup.session-radix-cache", "`--enable-session-radix-cache`",
+            "the session radix cache; drop --enable-session-radix-cache", _set("enable_session_radix_cache")),
+    Refusal("startup.strip-thinking-cache", "`--strip-thinking-cache`",
+            "--strip-thinking-cache (not yet tested with evicted pages); drop --strip-thinking-cache",
+            _set("strip_thinking_cache")),
+    Refusal("startup.two-batch-overlap", "`--enable-two-batch-overlap`",
+            "two-batch overlap (micro-batches split the decode step RaaS acts on); drop --enable-two-batch-overlap",
+            _set("enable_two_batch_overlap")),
+    Refusal("startup.single-batch-overlap", "`--enable-single-batch-overlap`",
+            "single-batch overlap; drop --enable-single-batch-overlap", _set("enable_single_batch_overlap")),
+    Refusal("startup.tokenizer-workers", "`--tokenizer-worker-num` above 1",
+            "several tokenizer workers (requests would skip RaaS's validation); use --tokenizer-worker-num 1",
+            _above_one("tokenizer_worker_num")),
     Refusal("startup.mla-model", "the model's attention is MLA (or DSA)",
             "MLA/DSA models (RaaS pages per-head KV); use --kv-policy dense for this model",
             lambda s: getattr(s.model.attention_arch, "name", s.model.attention_arch) == "MLA", model=True),
@@ -268,6 +307,23 @@ REQUEST = (
     Refusal("request.raas-trace", "`custom_params.raas_trace` is not true or false",
             "custom_params.raas_trace: must be true or false, got {trace!r}",
             lambda r: not isinstance(r.trace, bool)),
+)
+
+
+class Allowed(NamedTuple):
+    """A non-default option that changes how the tree is filled or rows are freed, shown to work with evictions
+    by `test` (a pytest node id)."""
+
+    option: str
+    why: str
+    test: str
+
+
+ALLOWED = (
+    Allowed("--disable-radix-cache", "no tree: a request's pages are freed at its end; evicted pages are cut out "
+            "of that free like any other release", "tests/test_raas_no_radix.py::test_evicting_without_radix_cache"),
+    Allowed("--chunked-prefill-size N", "long prompts take the chunk-checkpoint path, capped at the first hole",
+            "tests/test_raas_eviction.py::test_multi_turn_reuses_prompt_and_matches_cold"),
 )
 
 ROWS = {row.id: row for row in (*FLAG, *STARTUP, *REQUEST)}

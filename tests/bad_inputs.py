@@ -58,6 +58,9 @@ BASE_VIEW = {
     "attention_backend": "torch_native", "decode_attention_backend": None, "prefill_attention_backend": None,
     "enable_mixed_chunk": False, "enable_streaming_session": False, "enable_torch_compile": False,
     "cuda_graph_config.decode.backend": "disabled", "device": "cpu",
+    "enable_flexkv": False, "radix_cache_backend": None, "enable_lmcache": False, "enable_session_radix_cache": False,
+    "strip_thinking_cache": False, "enable_two_batch_overlap": False, "enable_single_batch_overlap": False,
+    "tokenizer_worker_num": 1,
 }
 BASE_MODEL = {"context_len": 32768, "attention_arch": "MHA", "is_hybrid_swa": False, "is_encoder_decoder": False}
 
@@ -118,6 +121,22 @@ CASES = (
     Launch("streaming-with-mixed-chunk", "startup.mixed-chunk",
            ["--kv-policy", "streaming", "--enable-mixed-chunk", *_POOL],
            "--kv-policy streaming does not support mixed chunked prefill"),
+    # options that change how the tree is filled, rows are freed, batches overlap or requests are validated
+    Launch("flexkv", "startup.flexkv", [*_RAAS, "--enable-flexkv", *_POOL], _UNSUPPORTED + "FlexKV"),
+    Launch("radix-cache-backend", "startup.radix-cache-backend", [*_RAAS, "--radix-cache-backend", "flexkv", *_POOL],
+           _UNSUPPORTED + "a custom radix-cache backend"),
+    Launch("lmcache", "startup.lmcache", [*_RAAS, "--enable-lmcache", *_POOL], _UNSUPPORTED + "LMCache"),
+    Launch("session-radix-cache", "startup.session-radix-cache", [*_RAAS, "--enable-session-radix-cache", *_POOL],
+           _UNSUPPORTED + "the session radix cache; drop --enable-session-radix-cache"),
+    Launch("strip-thinking-cache", "startup.strip-thinking-cache", [*_RAAS, "--strip-thinking-cache", *_POOL],
+           _UNSUPPORTED + "--strip-thinking-cache"),
+    Launch("single-batch-overlap", "startup.single-batch-overlap", [*_RAAS, "--enable-single-batch-overlap", *_POOL],
+           _UNSUPPORTED + "single-batch overlap; drop --enable-single-batch-overlap"),
+    Launch("tokenizer-workers", "startup.tokenizer-workers", [*_RAAS, "--tokenizer-worker-num", "2", *_POOL],
+           _UNSUPPORTED + "several tokenizer workers"),
+    # SGLang itself refuses two-batch overlap on this CPU model before the plugin's check: checked resolved
+    Resolved("two-batch-overlap", "startup.two-batch-overlap", {"enable_two_batch_overlap": True},
+             _UNSUPPORTED + "two-batch overlap"),
     Resolved("speculative", "startup.speculative", {"speculative_algorithm": "EAGLE"},
              _UNSUPPORTED + "speculative decoding; drop --speculative-algorithm"),
     Resolved("pd-disaggregation", "startup.disaggregation", {"disaggregation_mode": "prefill"},
@@ -214,7 +233,7 @@ def _test(case) -> str:
 
 def render() -> str:
     """docs/bad-input.md (regenerate: `python tests/bad_inputs.py > docs/bad-input.md`)."""
-    from raas_sglang.refusals import ROWS, show
+    from raas_sglang.refusals import ALLOWED, ROWS, show
 
     lines = [
         "# Bad input: what RaaS refuses, and how",
@@ -253,6 +272,17 @@ def render() -> str:
         "|---|---|---|---|---|",
     ]
     lines += [f"| {c.name} | `{c.row}` | {_test(c)} | {_input(c)} | `{c.message}` |" for c in CASES]
+    lines += [
+        "",
+        "## Allowed with evictions",
+        "",
+        "Options that change how the radix tree is filled or how rows are freed, and that a test shows working with",
+        "evictions (`raas_sglang.refusals.ALLOWED`); every other such option has a `startup` row above.",
+        "",
+        "| option | why it is safe | test |",
+        "|---|---|---|",
+    ]
+    lines += [f"| `{a.option}` | {a.why} | `{a.test}` |" for a in ALLOWED]
     return "\n".join(lines) + "\n"
 
 

@@ -14,8 +14,25 @@ def gen(server, ids, n, **custom):
 
 
 def bound(prompt_len: int, budget: int, ps: int = 16) -> int:
-    """I4: ceil(prompt / ps) * ps + budget + ps."""
-    return -(-prompt_len // ps) * ps + budget + ps
+    """I4: ceil(prompt / ps) * ps + budget (the budget a whole number of pages; the page being written counts)."""
+    return -(-prompt_len // ps) * ps + budget
+
+
+def flush(server, timeout: float = 60) -> None:
+    """`/flush_cache` once the server is idle (SGLang answers 400 and flushes nothing while requests run)."""
+    import time
+    import urllib.error
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if "Cache flushed" in str(server.post("/flush_cache", {})):
+                return
+        except urllib.error.HTTPError as err:
+            if err.code != 400:
+                raise
+        assert time.monotonic() < deadline, "the server did not go idle"
+        time.sleep(0.2)
 
 
 def hf_logprobs(model, ids: list[int], allowed: torch.Tensor) -> torch.Tensor:

@@ -82,3 +82,10 @@ def test_case_message_fits_its_row(case):
     assert head, case.message
     *complete, last = case.message[head.end():].split("; nor ")
     assert any(_fits(parts, c, partial=False) for c in complete) or _fits(parts, last, partial=True), case.message
+
+
+def test_every_allowed_option_names_a_test_that_exists():
+    root = Path(__file__).resolve().parent.parent
+    for allowed in refusals.ALLOWED:
+        path, func = allowed.test.split("::")
+        assert f"def {func}(" in (root / path).read_text(), allowed

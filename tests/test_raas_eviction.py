@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from bad_inputs import REQUESTS
-from raas_helpers import bound, gen, hf_logprobs, masked_reference_error
+from raas_helpers import bound, flush, gen, hf_logprobs, masked_reference_error
 
 SERVER_BUDGET = 256
 PROMPT = [1] + list(range(30, 70))  # 41 tokens: pinned pages 0..2 (page 2 is the partial prompt page)
@@ -52,16 +52,34 @@ def test_logprobs_match_masked_reference(server, hf):
 
 @pytest.mark.parametrize("budget", [32, 64, 160])
 def test_memory_is_bounded(server, budget):
-    """I4: peak KV tokens read from the request's slots <= ceil(prompt/ps)*ps + L*ps + ps; dense holds it all."""
+    """I4 as the plugin reports it (`peak_kv_tokens`, read from the request's slots): exactly ceil(prompt/ps)*ps +
+    L*ps once the budget is full; dense holds it all."""
     n = 400
     out = gen(server, PROMPT, n, raas_budget=budget)
     raas = out["meta_info"]["raas"]
     assert raas["budget_tokens"] == budget
     assert raas["evicted_pages"] > 0
-    assert raas["peak_kv_tokens"] <= bound(len(PROMPT), budget)
-    assert raas["peak_kv_tokens"] >= bound(len(PROMPT), budget) - 16  # it did fill its budget
+    assert raas["peak_kv_tokens"] == bound(len(PROMPT), budget)
     dense = gen(server, PROMPT, n, kv_policy="dense")["meta_info"]["raas"]
     assert dense["evicted_pages"] == 0 and dense["peak_kv_tokens"] >= len(PROMPT) + n - 1
+
+
+@pytest.mark.parametrize("policy,budget", [("raas", 32), ("raas", 64), ("raas", 160), ("streaming", 48), ("h2o", 48)])
+def test_bound_is_exact_as_the_allocator_sees_it(server, policy, budget):
+    """I4 read from SGLang's allocator, not from the plugin: one request alone after a cache flush; the pool's
+    free count right after each decode step's allocation (its low-water mark, `kv_free_low_water_tokens`) is
+    exactly the pinned prompt pages + L decode pages below the flushed pool, so L + 1 pages would fail."""
+    flush(server)
+    pool = server.get("/get_server_info")["internal_states"][0]["raas"]
+    assert pool["free_tokens"] == pool["pool_tokens"] and pool["kv_free_low_water_tokens"] is None
+    out = gen(server, PROMPT, 400, kv_policy=policy, raas_budget=budget)
+    assert out["meta_info"]["raas"]["evicted_pages"] > 0
+    low = server.get("/get_server_info")["internal_states"][0]["raas"]["kv_free_low_water_tokens"]
+    assert pool["free_tokens"] - low == bound(len(PROMPT), budget)
+    flush(server)  # the same instrument sees a dense request grow with its output
+    gen(server, PROMPT, 400, kv_policy="dense")
+    low = server.get("/get_server_info")["internal_states"][0]["raas"]["kv_free_low_water_tokens"]
+    assert pool["free_tokens"] - low == -(-(len(PROMPT) + 399) // 16) * 16
 
 
 @pytest.mark.parametrize("policy", ["streaming", "h2o"])

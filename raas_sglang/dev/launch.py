@@ -30,6 +30,13 @@ STRICT_KV_CHECKS = {
     "SGLANG_CHECK_KV_PAGE_INVARIANTS": "1",
     "SGLANG_DEBUG_MEMORY_POOL": "1",
 }
+# every KV and tree check SGLang has (bench.soak runs with all of them): STRICT_KV_CHECKS plus the radix tree's
+# sanity check and the crash-on-violation level of SGLang's value/index invariant probes
+ALL_KV_CHECKS = {
+    **STRICT_KV_CHECKS,
+    "SGLANG_ENABLE_TREE_CACHE_SANITY_CHECK": "1",
+    "SGLANG_INVARIANT_CHECK": "2",
+}
 CPU_ARGS = ("--device", "cpu", "--attention-backend", "torch_native", "--dtype", "float32")
 
 
