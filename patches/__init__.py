@@ -14,6 +14,7 @@ Seams (one module each; each names the upstream symbols it hooks):
 - `attention_triton`, `attention_flashinfer`: the same resident set as kv_indptr/kv_indices for those backends.
 - `radix`: hole-aware radix inserts, row frees and pool accounting.
 - `api`: per-request validation (HTTP 400), `meta_info["raas"]`, `/get_server_info`, metrics, the decode log.
+- `cpu_parallel`: several ranks on SGLang's CPU engine (thread binding per rank, no PyNccl), any policy.
 - `hooks` (no hooks): registers the others and stops the process if any did not take.
 - `runtime` (no hooks): the per-scheduler-process state those seams share; `eviction` (no hooks): the frees.
 - `failpoints` (no hooks; test-only): fault injection behind `RAAS_TEST_FAULT`.
@@ -53,8 +54,8 @@ def register() -> None:
 
 def _register_all(hooks) -> None:
     from raas_sglang.patches import (
-        admission, api, attention, attention_flashinfer, attention_triton, failpoints, overlap, radix, schedule,
-        server_args, startup_checks,
+        admission, api, attention, attention_flashinfer, attention_triton, cpu_parallel, failpoints, overlap, radix,
+        schedule, server_args, startup_checks,
     )
     from raas_sglang.patches.lazy import register_hooks_when_imported
 
@@ -65,7 +66,7 @@ def _register_all(hooks) -> None:
         for module, module_hooks in api.MAIN_HOOKS.items():
             register_hooks_when_imported(module, module_hooks)
     else:
-        for module in (schedule, admission, attention, radix):
+        for module in (cpu_parallel, schedule, admission, attention, radix):
             hooks.register(module.HOOKS)
         failpoints.install()  # test-only: a no-op unless RAAS_TEST_FAULT is set
         hooks.register(api.SCHEDULER_HOOKS)

@@ -88,7 +88,7 @@ def _build_step(rt: runtime.Runtime, backend, forward_batch, kind: Backend) -> D
             if kind is Backend.TORCH_NATIVE:
                 rt.decode.plan(fwd.table.slots, fwd.table.n, pool.get_key_buffer(pool.start_layer).shape[1])
     if scoring:
-        fwd.scores = PageScores(state, rows, config.reduce, None if exact else req_to_token)
+        fwd.scores = PageScores(state, rows, config.reduce, None if exact else req_to_token, ranks=config.tp_size)
     return fwd
 
 

@@ -5,7 +5,10 @@
 process) replace one plugin function with a broken one; the production code paths carry no fault branches.
 - `double_free` (I1): every evicted page is handed to the allocator twice;
 - `leak` (I3): evicted pages are never handed back;
-- `tree_adopts_hole` (I2): radix inserts are not capped at the first evicted page.
+- `tree_adopts_hole` (I2): radix inserts are not capped at the first evicted page;
+- `rank_diverges` (tensor parallel): on TP rank 1 only, each decode step's refresh also moves the stamps of the
+  rows whose request id starts with `DIVERGE_RID`, so that rank's state departs from the others' (the
+  `RAAS_CHECK_RANKS` check must stop the server); other requests are untouched.
 
 Hooks upstream: none (it patches the plugin's own functions).
 """
@@ -16,7 +19,8 @@ import logging
 import os
 
 ENV = "RAAS_TEST_FAULT"
-FAULTS = ("double_free", "leak", "tree_adopts_hole")
+FAULTS = ("double_free", "leak", "tree_adopts_hole", "rank_diverges")
+DIVERGE_RID = "raas-test-diverge"
 logger = logging.getLogger("raas_sglang")
 
 
@@ -40,6 +44,26 @@ def install() -> str | None:
             free_pages(allocator, page_ids)
 
         eviction.free_pages = twice
+    elif fault == "rank_diverges":
+        _diverge_on_rank_one()
     else:
         radix.tree_cap = lambda rt, req, up_to: up_to
     return fault
+
+
+def _diverge_on_rank_one() -> None:
+    from raas_sglang.core import RaasState
+    from raas_sglang.patches import runtime
+
+    observe = RaasState.observe
+
+    def diverging(self, rows, scores):
+        observe(self, rows, scores)
+        rt = runtime.get()
+        if rt.ranks.rank != 1:
+            return
+        marked = [r for r in rows.tolist() if (info := rt.rows.get(r)) is not None and info.rid.startswith(DIVERGE_RID)]
+        if marked:
+            self.stamp[marked] += 1
+
+    RaasState.observe = diverging

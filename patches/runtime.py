@@ -1,8 +1,9 @@
 """Per-scheduler-process RaaS runtime: the one object the seam modules share.
 
-With tp = 1 the scheduler, the model runner and the attention backend live in one process (the scheduler
+The scheduler, the model runner and the attention backend of one rank live in one process (the scheduler
 process), so scheduler-side hooks (eviction, release) and attention-side hooks (resident tables, scoring) meet
-here. Built lazily on first use from the published server args (`sglang.srt.runtime_context.get_server_args`).
+here. Under tensor parallel each rank has its own runtime; `ranks` combines their page scores
+(`patches/tensor_parallel.py`). Built lazily on first use from the published server args (`sglang.srt.runtime_context.get_server_args`).
 It holds the row lifecycle (admit / release / report) and the totals the server reports (the allocator frees of
 evicted pages are in `patches/eviction.py`); the tensor logic of a decode step is in the core (`raas_sglang.core`, `raas_sglang.step`).
 
@@ -23,6 +24,7 @@ from raas_sglang.policies import DENSE, PolicySet
 from raas_sglang.resident_attention import ResidentDecode
 from raas_sglang.scoring import PageKeyBounds
 from raas_sglang.step import DecodeStep, held_tokens
+from raas_sglang.patches.tensor_parallel import Ranks
 
 DENSE_PIN = 1 << 40  # pin_len of a row that never evicts (dense, quest): everything pinned
 
@@ -75,6 +77,14 @@ class Runtime:
         self.allocator = None  # SGLang's token allocator and tree cache (set on first decode), for the summary
         self.tree_cache = None
         self.metrics = None  # SGLang's SchedulerMetricsCollector, with our counter and gauge (--enable-metrics)
+        self._ranks: Ranks | None = None
+
+    @property
+    def ranks(self) -> Ranks:
+        """This process's TP group (looked up on first use: SGLang builds it after the plugin loads)."""
+        if self._ranks is None:
+            self._ranks = Ranks.of_process(self.config.tp_size)
+        return self._ranks
 
     # -- setup ---------------------------------------------------------------------------------------------------
 
@@ -209,7 +219,7 @@ class Runtime:
         """After a layer's scores were added: after the last layer, refresh the rows' per-page state (each row's
         policy, `RaasState.observe`) and advance their steps."""
         if fwd.scores is not None and layer == fwd.last_layer:
-            self.state.observe(fwd.rows, fwd.scores.acc)
+            self.state.observe(fwd.rows, fwd.scores.finish(self.ranks.combine))  # tp > 1: one collective here
             fwd.scores = None
 
 

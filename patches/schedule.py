@@ -4,7 +4,8 @@ Upstream symbols hooked (sglang 0.5.23):
 - `sglang.srt.mem_cache.allocation.alloc_for_decode(batch, token_per_req)`, AROUND: called only from
   `ScheduleBatch.prepare_for_decode`, after the memory check and before the step's slots are allocated — the
   moment RaaS must evict (the freed page is reused by this very allocation). The registry rebinds the name that
-  `schedule_batch` imported. Also admits new rows (prompt length, per-request policy) and opens new pages.
+  `schedule_batch` imported. Also admits new rows (prompt length, per-request policy) and opens new pages, and,
+  under tensor parallel with `RAAS_CHECK_RANKS`, checks that the ranks' states agree after the step.
 - `sglang.srt.managers.schedule_batch.ScheduleBatch.new_tokens_required_next_decode`, AROUND: a RaaS request at
   its page limit whose next token opens a page evicts one first, so it needs zero net pages.
 """
@@ -16,7 +17,7 @@ import time
 
 import torch
 
-from raas_sglang.patches import eviction, runtime
+from raas_sglang.patches import eviction, runtime, tensor_parallel
 from raas_sglang.patches.requests import request_policy
 
 logger = logging.getLogger("raas_sglang")
@@ -80,6 +81,7 @@ def alloc_for_decode(orig, batch, token_per_req):
         with runtime.timed(rt, "schedule"):
             rt.state.open_pages(rows, positions)
             rt.note_peaks(rows, positions + token_per_req, req_to_token)
+    tensor_parallel.check_ranks_agree(rt, batch)  # debug check (RAAS_CHECK_RANKS), tp > 1 only
     return out
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from raas_sglang import config as cfg
 from raas_sglang.config import ConfigError, RaasConfig
+from raas_sglang.patches import cpu_parallel
 from raas_sglang.patches.lazy import when_imported
 
 ATTR = "_raas_config"
@@ -117,6 +118,7 @@ def from_cli_args(orig, cls, args: argparse.Namespace):
         raise SystemExit(f"error: {err}") from None
     server_args = orig(cls, args)
     setattr(server_args, ATTR, raas)
+    cpu_parallel.bind_threads(server_args)
     return server_args
 
 
@@ -131,6 +133,7 @@ def engine_server_args(**kwargs: Any):
         del kwargs["page_size"]
     server_args = ServerArgs(**kwargs)
     setattr(server_args, ATTR, raas)
+    cpu_parallel.bind_threads(server_args)
     return server_args
 
 

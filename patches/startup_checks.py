@@ -9,7 +9,8 @@ Upstream symbols hooked (sglang 0.5.23, `sglang/srt/server_args.py`):
   SGLang's resolved view (`sglang.srt.arg_groups.overrides.resolving_view`), the record's `RaasConfig` and the
   model config (`sglang.srt.arg_groups.model_override_base.model_config_of`), and refuses with one line: the CLI
   launcher exits (`SystemExit`, `error: ...`, no traceback), `sgl.Engine` raises `ConfigError`.
-  A server that may start and decodes on triton with `--raas-score exact` gets `exact_kernel` set on its config.
+  A server that may start gets `tp_size` set on its config, and `exact_kernel` when it decodes on triton with
+  `--raas-score exact`.
 """
 
 from __future__ import annotations
@@ -43,9 +44,9 @@ def check_server_args(result, self, *args, **kwargs):
     refused = startup_refusal(Startup(view, config, _model_config(self)))
     if refused is not None:
         _refuse(self, refused[1])
-    if config.score == "exact" and (view.decode_attention_backend or view.attention_backend) == "triton":
-        # NOTE: the launcher's tokenizer side and (pickled with the args) every child see the same record
-        setattr(self, ATTR, dataclasses.replace(config, exact_kernel=True))
+    exact_kernel = config.score == "exact" and (view.decode_attention_backend or view.attention_backend) == "triton"
+    # NOTE: the launcher's tokenizer side and (pickled with the args) every child see the same record
+    setattr(self, ATTR, dataclasses.replace(config, exact_kernel=exact_kernel, tp_size=int(view.tp_size or 1)))
     return result
 
 

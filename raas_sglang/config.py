@@ -68,6 +68,9 @@ class RaasConfig:
     # mass come from `raas_sglang.kernels.sparse_decode`, which selects no pages, so the selecting policies
     # (quest, raas+quest) are refused per request on such a server (and at startup by patches/startup_checks)
     exact_kernel: bool = False
+    # set at startup from --tp-size: the ranks whose page scores are combined each step (patches/tensor_parallel);
+    # the selecting policies pick pages per layer per rank and are refused per request when it is above 1
+    tp_size: int = 1
 
     @property
     def enabled(self) -> bool:

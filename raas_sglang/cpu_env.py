@@ -11,6 +11,12 @@ The project's launchers (Makefile, demo, tests, benchmarks) call `launch_env()`;
 the environment unchanged, so the real `sgl_kernel` is never shadowed there.
 
     python -m raas_sglang.cpu_env     # prints the two `export` lines for a shell
+
+Several ranks on one CPU machine (`--tp-size`, `--dp-size`, `--pp-size`, `--nnodes`): SGLang's CPU engine binds each
+rank's OpenMP threads from `SGLANG_CPU_OMP_THREADS_BIND` ("cores of rank 0|cores of rank 1|..."); unset, it asserts
+that dp*tp*pp <= the NUMA nodes (one on most machines). `threads_bind` derives a value for one launch: this node's
+ranks split the cores this process may run on. The plugin sets it in the launcher when it is unset and more than
+one rank runs here (`patches/cpu_parallel.py`); a single-rank server keeps every core.
 """
 
 from __future__ import annotations
@@ -51,6 +57,23 @@ def launch_env(environ: dict[str, str] | None = None, **extra: str) -> dict[str,
     env.update(cpu_exports(env))
     env.update(extra)
     return env
+
+
+BIND_ENV = "SGLANG_CPU_OMP_THREADS_BIND"
+
+
+def threads_bind(ranks: int, cores: list[int] | None = None) -> str | None:
+    """The `SGLANG_CPU_OMP_THREADS_BIND` value that gives each of this node's `ranks` its share of `cores`
+    (default: the cores this process may run on), contiguous and in order: 2 ranks on cores [0, 1] -> "0|1",
+    2 ranks on 8 cores -> "0,1,2,3|4,5,6,7"; more ranks than cores share them round-robin. None for one rank."""
+    if ranks <= 1:
+        return None
+    cores = sorted(os.sched_getaffinity(0)) if cores is None else sorted(cores)
+    if ranks > len(cores):
+        groups = [[cores[i % len(cores)]] for i in range(ranks)]
+    else:
+        groups = [cores[i * len(cores) // ranks:(i + 1) * len(cores) // ranks] for i in range(ranks)]
+    return "|".join(",".join(map(str, g)) for g in groups)
 
 
 def main() -> None:

@@ -132,6 +132,7 @@ class Request(Fields):
     budget = property(lambda self: self.params.get("raas_budget"))
     trace = property(lambda self: self.params.get("raas_trace", False))
     server_budget = property(lambda self: self.server.budget_tokens)
+    tp = property(lambda self: self.server.tp_size)
     page_size = property(lambda self: self.server.page_size)
     min_tokens = property(lambda self: cfg.MIN_BUDGET_PAGES * self.server.page_size)
 
@@ -211,8 +212,14 @@ STARTUP = (
             lambda s: str(arg(s.view, "disaggregation_mode")) not in ("null", "None", "DisaggregationMode.NULL")),
     Refusal("startup.hierarchical-cache", "`--enable-hierarchical-cache`",
             "the hierarchical cache; drop --enable-hierarchical-cache", _set("enable_hierarchical_cache")),
-    Refusal("startup.tp-size", "`--tp-size` above 1", "tp size > 1; use --tp-size 1", _above_one("tp_size")),
-    Refusal("startup.pp-size", "`--pp-size` above 1", "pp size > 1; use --pp-size 1", _above_one("pp_size")),
+    Refusal("startup.selection-tp", "a selecting `--kv-policy` (Quest page selection) with `--tp-size` above 1",
+            "Quest page selection under tensor parallel (each rank would pick pages from its own heads); use "
+            "--kv-policy raas, streaming or h2o, or --tp-size 1",
+            lambda s: s.policy in cfg.SELECTING and (arg(s.view, "tp_size") or 1) > 1),
+    Refusal("startup.pp-size", "`--pp-size` above 1",
+            "pipeline parallel (each stage holds only its layers' page scores, and SGLang's stages run different "
+            "micro-batches, so no stage could take a request's eviction decision); use --tp-size instead of "
+            "--pp-size", _above_one("pp_size")),
     Refusal("startup.dp-size", "`--dp-size` above 1", "dp size > 1; use --dp-size 1", _above_one("dp_size")),
     Refusal("startup.attention-backend",
             "an attention backend (`--attention-backend`, `--decode-attention-backend`, "
@@ -257,6 +264,17 @@ STARTUP = (
             _set("enable_two_batch_overlap")),
     Refusal("startup.single-batch-overlap", "`--enable-single-batch-overlap`",
             "single-batch overlap; drop --enable-single-batch-overlap", _set("enable_single_batch_overlap")),
+    Refusal("startup.attn-cp-size", "`--attn-cp-size` above 1",
+            "attention context parallel (a request's KV pages are split over ranks by position, so no rank sees a "
+            "page's whole score); drop --attn-cp-size", _above_one("attn_cp_size")),
+    Refusal("startup.dcp-size", "`--dcp-size` above 1",
+            "decode context parallel (a request's KV pages are interleaved over ranks); drop --dcp-size",
+            _above_one("dcp_size")),
+    Refusal("startup.moe-dp-size", "`--moe-dp-size` above 1",
+            "MoE data parallel (not yet tested with evictions); drop --moe-dp-size", _above_one("moe_dp_size")),
+    Refusal("startup.kv-cache-sharding", "`--enable-kv-cache-sharding`",
+            "KV cache sharding (each rank holds a slice of the pool, which RaaS does not page yet); drop "
+            "--enable-kv-cache-sharding", _set("enable_kv_cache_sharding")),
     Refusal("startup.tokenizer-workers", "`--tokenizer-worker-num` above 1",
             "several tokenizer workers (requests would skip RaaS's validation); use --tokenizer-worker-num 1",
             _above_one("tokenizer_worker_num")),
@@ -288,6 +306,10 @@ REQUEST = (
             "custom_params.kv_policy: {policy!r} is not available on this server (--raas-score exact on the "
             "triton backend selects no pages); use raas, streaming, h2o or dense here",
             lambda r: r.server.exact_kernel and r.policy in cfg.SELECTING),
+    Refusal("request.kv-policy.tp", "a selecting `custom_params.kv_policy` on a server with `--tp-size` above 1",
+            "custom_params.kv_policy: {policy!r} is not available under tensor parallel (--tp-size {tp}: Quest "
+            "page selection would pick pages per rank); use raas, streaming, h2o or dense here",
+            lambda r: r.server.tp_size > 1 and r.policy in cfg.SELECTING),
     Refusal("request.kv-policy.bounds", "a selecting `custom_params.kv_policy` on a server without page key bounds",
             "custom_params.kv_policy: {policy!r} needs page key bounds, kept only by servers started with "
             "--kv-policy quest or raas+quest, or with --raas-score quest",

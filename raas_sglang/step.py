@@ -9,6 +9,7 @@ per row, `n_max` = the longest resident set in the batch, `P` = candidate pages.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -128,12 +129,22 @@ class PageScores:
     """One forward's score per resident decode page, folded over layers (`--raas-reduce` HEADS-LAYERS).
 
     acc [bs, L] float32, aligned with `state.pages[rows]`. Each layer adds either its exact attention mass
-    (`add_mass`, or the triton kernel through `kernel_target` / `kernel_done`) or Quest estimates (`add_bounds`).
+    (`add_mass`, or the triton kernel through `kernel_target` / `kernel_done`) or Quest estimates (`add_bounds`);
+    `finish` returns the scores a policy reads.
+
+    Under tensor parallel (`ranks` > 1) a process sees only its shard of heads, so a layer's head-reduced score is
+    partial: the layers are kept apart (`partial`, one [bs, L] each) and `finish` combines them across the ranks
+    in one collective of [layers, bs, L] (sum over ranks / ranks for a mean over heads: each rank holds the same
+    number of heads; max for a max), then folds over layers as at tp 1, so HEADS-LAYERS means the same at every
+    tp and every rank ends with the same bits.
     """
 
-    def __init__(self, state: RaasState, rows: torch.Tensor, reduce: str, req_to_token: torch.Tensor | None = None):
+    def __init__(self, state: RaasState, rows: torch.Tensor, reduce: str, req_to_token: torch.Tensor | None = None,
+                 ranks: int = 1):
         """`req_to_token` given: Quest scoring, so each resident page's physical id is looked up once here."""
         self.heads, self.layers = reduce.split("-")
+        self.ranks = ranks
+        self.partial: list[torch.Tensor] = []  # ranks > 1: each layer's [bs, L] float32 partial score
         pages = state.pages[rows]  # [bs, L]
         self.valid = pages != EMPTY  # [bs, L] bool
         self.acc = torch.zeros(pages.shape, dtype=torch.float32, device=pages.device)  # [bs, L]
@@ -145,11 +156,30 @@ class PageScores:
             self.phys = torch.where(self.valid, phys, torch.zeros_like(phys))
 
     def fold(self, per_page: torch.Tensor) -> None:
-        """per_page [bs, L] float32: one layer's score per page slot."""
+        """per_page [bs, L] float32: one layer's score per page slot (kept apart under tensor parallel)."""
+        if self.ranks > 1:
+            self.partial.append(per_page.clone())
+        else:
+            self._fold(per_page)
+
+    def _fold(self, per_page: torch.Tensor) -> None:
         if self.layers == "max":
             torch.maximum(self.acc, per_page, out=self.acc)
         else:
             self.acc += per_page
+
+    def finish(self, combine: Callable[[torch.Tensor, str], None] | None = None) -> torch.Tensor:
+        """acc [bs, L] float32: the scores, complete. `combine(t, op)` all-reduces t in place across the tensor
+        parallel ranks (op "sum" or "max"); needed, and called once, only when ranks > 1."""
+        if self.ranks > 1 and self.partial:
+            layers = torch.stack(self.partial)  # [layers, bs, L] float32
+            self.partial = []
+            combine(layers, "max" if self.heads == "max" else "sum")
+            if self.heads == "mean":
+                layers /= self.ranks
+            for per_page in layers:
+                self._fold(per_page)
+        return self.acc
 
     def add_mass(self, probs: torch.Tensor, col_slot: torch.Tensor) -> None:
         """probs [bs, q_heads, n_max] float32: one layer's attention probabilities per table column; col_slot
@@ -173,14 +203,14 @@ class PageScores:
 
     def kernel_target(self) -> tuple[torch.Tensor, bool]:
         """(mass [bs, L] float32, accumulate): where a kernel that emits page mass writes one layer's. Summing over
-        layers, it adds into `acc` in place; else it writes a scratch that `kernel_done` max-folds."""
-        if self.layers == "max":
+        layers at tp 1, it adds into `acc` in place; else it writes a scratch that `kernel_done` folds."""
+        if self.layers == "max" or self.ranks > 1:
             return torch.zeros_like(self.acc), False
         return self.acc, True
 
     def kernel_done(self, mass: torch.Tensor, accumulated: bool) -> None:
         if not accumulated:
-            torch.maximum(self.acc, mass, out=self.acc)
+            self.fold(mass)
 
 
 @dataclass

@@ -1,0 +1,62 @@
+"""Seam: several ranks (tensor/pipeline/data parallel, several nodes) on SGLang's CPU engine, for any policy.
+
+Stock SGLang 0.5.23 cannot start more than one rank per NUMA node on a machine without CUDA; two things stop it,
+and this seam supplies both, only when there is no CUDA device (`raas_sglang.cpu_env.has_cuda`):
+
+- the launcher asserts dp*tp*pp <= NUMA nodes unless `SGLANG_CPU_OMP_THREADS_BIND` names each rank's cores:
+  `bind_threads(server_args)` (called by the `server_args` seam once the args are parsed, in the launcher, before
+  any scheduler process starts) sets it from this launch's ranks per node (`cpu_env.threads_bind`), unless the
+  user set it; a single-rank server gets nothing, so it keeps every core;
+- `init_model_parallel_group` builds a PyNccl communicator unless told not to, and on CPU that raises "Expected a
+  cuda device, but got: cpu": the hook passes `use_pynccl=False`, so collectives go through
+  `torch.distributed` over gloo (the shared-memory all-reduce needs the CPU build of sgl-kernel, which is not
+  published).
+
+Upstream symbols hooked (sglang 0.5.23):
+- `sglang.srt.distributed.parallel_state.init_model_parallel_group(group_ranks, local_rank, backend, use_pynccl=None,
+  ...)`, AROUND (scheduler processes; every caller is in that module and calls it through the module global).
+Read: `ServerArgs.{device, tp_size, pp_size, dp_size, nnodes, base_gpu_id, gpu_id_step}`; the variable
+`SGLANG_CPU_OMP_THREADS_BIND` read by `sglang.srt.utils.numa_utils.init_threads_binding` (index = gpu_id).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from raas_sglang import cpu_env
+from raas_sglang.refusals import arg
+
+logger = logging.getLogger("raas_sglang")
+
+
+def local_ranks(server_args: Any) -> int:
+    """How many `SGLANG_CPU_OMP_THREADS_BIND` entries this node's ranks index (their largest gpu_id + 1)."""
+    world = (arg(server_args, "dp_size") or 1) * (arg(server_args, "tp_size") or 1) * (arg(server_args, "pp_size") or 1)
+    per_node = max(1, world // max(1, arg(server_args, "nnodes") or 1))
+    return (arg(server_args, "base_gpu_id") or 0) + (per_node - 1) * (arg(server_args, "gpu_id_step") or 1) + 1
+
+
+def bind_threads(server_args: Any) -> str | None:
+    """Set `SGLANG_CPU_OMP_THREADS_BIND` for this launch when the CPU engine runs more than one rank here and the
+    user did not set it. Returns the value set (None when nothing was set)."""
+    if os.environ.get(cpu_env.BIND_ENV) or str(arg(server_args, "device")) != "cpu" or cpu_env.has_cuda():
+        return None
+    value = cpu_env.threads_bind(local_ranks(server_args))
+    if value is not None:
+        os.environ[cpu_env.BIND_ENV] = value
+        logger.info("raas_sglang: %s=%s (CPU engine, one entry per rank on this node)", cpu_env.BIND_ENV, value)
+    return value
+
+
+def init_model_parallel_group(orig, *args, **kwargs):
+    """AROUND: no PyNccl communicator on a machine without CUDA (collectives go through gloo)."""
+    if kwargs.get("use_pynccl") is None and len(args) < 4 and not cpu_env.has_cuda():
+        kwargs["use_pynccl"] = False
+    return orig(*args, **kwargs)
+
+
+HOOKS = (
+    ("sglang.srt.distributed.parallel_state.init_model_parallel_group", init_model_parallel_group, "AROUND"),
+)
