@@ -19,7 +19,9 @@ Scheduler process:
 - `...internal_state.SchedulerInternalStateController.get_internal_state`, AFTER: `raas` config and totals in
   each entry of `/get_server_info`'s `internal_states`.
 - `...metrics_collector.SchedulerMetricsCollector.__init__` and `.log_stats`, AFTER: the counter
-  `sglang:raas_evicted_pages_total` and the gauge `sglang:raas_resident_pages` (with `--enable-metrics`).
+  `sglang:raas_evicted_pages_total` and the gauge `sglang:raas_resident_pages` (with `--enable-metrics`), on the
+  schedulers SGLang exports metrics from (`get_parallel().attn_tp_rank == 0`, or all with
+  `--enable-metrics-for-all-schedulers`; `runtime_context.get_observability`).
 - `...pool_stats_observer.PoolStats.get_decode_usage_msg_parts`, AFTER: evictions in the decode log line.
 - `sglang.srt.managers.scheduler.Scheduler.flush_cache`, AFTER: a successful flush restarts the allocator's
   low-water mark (`kv_free_low_water_tokens` in `/get_server_info`, recorded by `patches/schedule.py`).
@@ -130,9 +132,18 @@ def get_internal_state(result, self, *args, **kwargs):
     return result
 
 
+def _reports_metrics() -> bool:
+    """SGLang's rule for which schedulers export metrics: attention-TP rank 0 of each group, or every scheduler
+    with `--enable-metrics-for-all-schedulers` (their lines then differ by the `tp_rank` label). Every TP rank
+    builds a collector, so a counter the others also bumped would count each eviction once per rank."""
+    from sglang.srt.runtime_context import get_observability, get_parallel
+
+    return get_parallel().attn_tp_rank == 0 or bool(get_observability().enable_metrics_for_all_schedulers)
+
+
 def metrics_init(result, self, *args, **kwargs):
     rt = runtime.get()
-    if rt is None:
+    if rt is None or not _reports_metrics():
         return result
     from prometheus_client import Counter, Gauge
 

@@ -31,22 +31,27 @@ from raas_sglang.refusals import arg
 logger = logging.getLogger("raas_sglang")
 
 
+def world_size(server_args: Any) -> int:
+    """dp*tp*pp: the ranks of the whole launch, over all nodes (what SGLang's NUMA assertion counts)."""
+    return (arg(server_args, "dp_size") or 1) * (arg(server_args, "tp_size") or 1) * (arg(server_args, "pp_size") or 1)
+
+
 def local_ranks(server_args: Any) -> int:
     """How many `SGLANG_CPU_OMP_THREADS_BIND` entries this node's ranks index (their largest gpu_id + 1)."""
-    world = (arg(server_args, "dp_size") or 1) * (arg(server_args, "tp_size") or 1) * (arg(server_args, "pp_size") or 1)
-    per_node = max(1, world // max(1, arg(server_args, "nnodes") or 1))
+    per_node = max(1, world_size(server_args) // max(1, arg(server_args, "nnodes") or 1))
     return (arg(server_args, "base_gpu_id") or 0) + (per_node - 1) * (arg(server_args, "gpu_id_step") or 1) + 1
 
 
 def bind_threads(server_args: Any) -> str | None:
-    """Set `SGLANG_CPU_OMP_THREADS_BIND` for this launch when the CPU engine runs more than one rank here and the
-    user did not set it. Returns the value set (None when nothing was set)."""
+    """Set `SGLANG_CPU_OMP_THREADS_BIND` for this launch when the CPU engine runs more than one rank in all and the
+    user did not set it (a node with one of them gets all the cores). Returns the value set (None: nothing set)."""
     if os.environ.get(cpu_env.BIND_ENV) or str(arg(server_args, "device")) != "cpu" or cpu_env.has_cuda():
         return None
-    value = cpu_env.threads_bind(local_ranks(server_args))
-    if value is not None:
-        os.environ[cpu_env.BIND_ENV] = value
-        logger.info("raas_sglang: %s=%s (CPU engine, one entry per rank on this node)", cpu_env.BIND_ENV, value)
+    if world_size(server_args) <= 1:
+        return None
+    value = cpu_env.threads_bind(local_ranks(server_args)) or cpu_env.threads_bind(1, all_cores=True)
+    os.environ[cpu_env.BIND_ENV] = value
+    logger.info("raas_sglang: %s=%s (CPU engine, one entry per rank on this node)", cpu_env.BIND_ENV, value)
     return value
 
 

@@ -62,12 +62,14 @@ def launch_env(environ: dict[str, str] | None = None, **extra: str) -> dict[str,
 BIND_ENV = "SGLANG_CPU_OMP_THREADS_BIND"
 
 
-def threads_bind(ranks: int, cores: list[int] | None = None) -> str | None:
+def threads_bind(ranks: int, cores: list[int] | None = None, all_cores: bool = False) -> str | None:
     """The `SGLANG_CPU_OMP_THREADS_BIND` value that gives each of this node's `ranks` its share of `cores`
     (default: the cores this process may run on), contiguous and in order: 2 ranks on cores [0, 1] -> "0|1",
-    2 ranks on 8 cores -> "0,1,2,3|4,5,6,7"; more ranks than cores share them round-robin. None for one rank."""
-    if ranks <= 1:
+    2 ranks on 8 cores -> "0,1,2,3|4,5,6,7"; more ranks than cores share them round-robin. None for one rank,
+    unless `all_cores` (then that rank gets every core: "0,1")."""
+    if ranks <= 1 and not all_cores:
         return None
+    ranks = max(ranks, 1)
     cores = sorted(os.sched_getaffinity(0)) if cores is None else sorted(cores)
     if ranks > len(cores):
         groups = [[cores[i % len(cores)]] for i in range(ranks)]

@@ -100,6 +100,57 @@ def test_page_scores_fold_mass_over_heads_and_layers(reduce):
         assert torch.isclose(scores.acc[0, slot], torch.as_tensor(want), atol=1e-6)
 
 
+def _shard_scores(state, rows, reduce, layers, col_slot, ranks):
+    """Each of `ranks` tensor-parallel ranks scores its contiguous shard of the heads; `combine` is the all-reduce
+    over all ranks' per-layer partial scores (what `patches/tensor_parallel.Ranks.combine` does over the TP group)."""
+    shards = [PageScores(state, rows, reduce, ranks=ranks) for _ in range(ranks)]
+    heads = layers[0].shape[1] // ranks
+    for probs in layers:
+        for r, shard in enumerate(shards):
+            shard.add_mass(probs[:, r * heads:(r + 1) * heads], col_slot)
+    every = torch.stack([torch.stack(s.partial) for s in shards])  # [ranks, layers, bs, L]
+    calls = []
+
+    def combine(t, op):
+        calls.append(op)
+        t.copy_(every.amax(0) if op == "max" else every.sum(0))
+
+    return [s.finish(combine) for s in shards], calls
+
+
+@pytest.mark.parametrize("ranks", [2, 4])
+@pytest.mark.parametrize("reduce", ["mean-mean", "max-mean", "mean-max", "max-max"])
+def test_tensor_parallel_scores_mean_the_same_as_tp1(reduce, ranks):
+    """Under tp, each rank sees a shard of the heads; after one combine per forward every rank holds the tp 1
+    scores (same HEADS-LAYERS meaning), bit-identical across ranks."""
+    state, req_to_token = _state_with_holes()
+    rows, seq = torch.tensor([0]), torch.tensor([40])
+    table = build_table(state, rows, seq, req_to_token)
+    gen = torch.Generator().manual_seed(1)
+    layers = [torch.softmax(torch.randn(1, 4, int(table.n[0]), generator=gen), dim=-1) for _ in range(3)]
+    whole = PageScores(state, rows, reduce)
+    for probs in layers:
+        whole.add_mass(probs, table.col_slot)
+    got, calls = _shard_scores(state, rows, reduce, layers, table.col_slot, ranks)
+    assert calls == ["max" if reduce.startswith("max") else "sum"] * ranks  # one collective per rank per forward
+    assert torch.allclose(got[0], whole.finish(), atol=1e-6) and whole.acc.abs().sum() > 0
+    assert all(torch.equal(g, got[0]) for g in got)
+
+
+def test_tensor_parallel_kernel_target_is_a_scratch():
+    """Under tp the kernel never accumulates into the scores in place: each layer stays apart until combined."""
+    state, _ = _state_with_holes()
+    scores = PageScores(state, torch.tensor([0]), "mean-mean", ranks=2)
+    for mass in (torch.tensor([[0.2, 0.5, 0.1]]), torch.tensor([[0.4, 0.1, 0.1]])):
+        target, accumulate = scores.kernel_target()
+        assert not accumulate and target is not scores.acc
+        target.copy_(mass)
+        scores.kernel_done(target, accumulate)
+    assert len(scores.partial) == 2 and scores.acc.abs().sum() == 0
+    got = scores.finish(lambda t, op: t.mul_(2))  # the other rank holds the same partials
+    assert torch.allclose(got, torch.tensor([[0.6, 0.6, 0.2]]))
+
+
 @pytest.mark.parametrize("layers", ["mean", "max"])
 def test_kernel_target_sums_in_place_or_max_folds(layers):
     state, _ = _state_with_holes()

@@ -158,7 +158,11 @@ class _PortTaken(ServerFailed):
     pass
 
 
-def _start_once(model, args, port: int, env, timeout: float, log_path) -> Server:
+def spawn(model: str | Path, args: Sequence[str] = (), *, port: int | None = None, env: dict[str, str] | None = None,
+          log_path: str | Path | None = None) -> Server:
+    """Launch a server process in its own process group without waiting for it: e.g. the node of rank >= 1 of a
+    multi-node launch, which serves no HTTP and only joins node 0's process groups."""
+    port = port or free_port()
     if log_path is None:
         log_path = Path(tempfile.mkstemp(prefix=f"sglang-{port}-", suffix=".log")[1])
     log_path = Path(log_path)
@@ -170,7 +174,12 @@ def _start_once(model, args, port: int, env, timeout: float, log_path) -> Server
         env=launch_env(None, **(env or {})),
         start_new_session=True,
     )
-    server = Server(proc, port, log_path, log)
+    return Server(proc, port, log_path, log)
+
+
+def _start_once(model, args, port: int, env, timeout: float, log_path) -> Server:
+    server = spawn(model, args, port=port, env=env, log_path=log_path)
+    proc = server.proc
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
