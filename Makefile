@@ -18,7 +18,7 @@ GPU_TRITON_DIR := $(VENV)/triton-$(GPU_TRITON)
 CPU_ENV = eval "$$($(PY) -m raas_sglang.cpu_env)"
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-gpu clean-venv
+.PHONY: setup demo test test-slow test-gpu clean-venv
 
 setup: $(STAMP) $(MODEL) $(GPU_TRITON_DIR)/.installed
 
@@ -42,6 +42,10 @@ demo: setup
 
 test: setup
 	@$(CPU_ENV) && $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# the runs marked `slow` (excluded from `make test`): e.g. tensor parallel across two "nodes"
+test-slow: setup
+	@$(CPU_ENV) && $(PY) -m pytest -m "slow and not gpu" $(PYTEST_ARGS)
 
 test-gpu: setup
 	@$(PY) -m pytest -m gpu $(PYTEST_ARGS)
