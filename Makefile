@@ -25,7 +25,7 @@ setup: $(STAMP) $(MODEL) $(GPU_TRITON_DIR)/.installed
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "[setup] installing sglang==0.5.23 and raas_sglang into $(VENV) (first time: ~4 min, ~11 GB)"
-	@$(PY) -m pip install -q --disable-pip-version-check -e '.[test,bench]' 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
+	@$(PY) -m pip install -q --disable-pip-version-check -e '.[test,bench,router]' 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 	@touch $(STAMP)
 
 $(GPU_TRITON_DIR)/.installed: $(STAMP)

@@ -220,7 +220,6 @@ STARTUP = (
             "pipeline parallel (each stage holds only its layers' page scores, and SGLang's stages run different "
             "micro-batches, so no stage could take a request's eviction decision); use --tp-size instead of "
             "--pp-size", _above_one("pp_size")),
-    Refusal("startup.dp-size", "`--dp-size` above 1", "dp size > 1; use --dp-size 1", _above_one("dp_size")),
     Refusal("startup.attention-backend",
             "an attention backend (`--attention-backend`, `--decode-attention-backend`, "
             "`--prefill-attention-backend`) other than {supported_backends}",
@@ -264,6 +263,10 @@ STARTUP = (
             _set("enable_two_batch_overlap")),
     Refusal("startup.single-batch-overlap", "`--enable-single-batch-overlap`",
             "single-batch overlap; drop --enable-single-batch-overlap", _set("enable_single_batch_overlap")),
+    Refusal("startup.attn-dp-size", "`--attn-dp-size` above 1 (or `--enable-dp-attention`)",
+            "attention data parallel (the ranks of one TP group decode different requests, while RaaS combines page "
+            "scores over the whole TP group); use --dp-size N for replicas instead",
+            lambda s: (arg(s.view, "attn_dp_size") or 1) > 1 or bool(arg(s.view, "enable_dp_attention"))),
     Refusal("startup.attn-cp-size", "`--attn-cp-size` above 1",
             "attention context parallel (a request's KV pages are split over ranks by position, so no rank sees a "
             "page's whole score); drop --attn-cp-size", _above_one("attn_cp_size")),

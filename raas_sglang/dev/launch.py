@@ -197,3 +197,32 @@ def _start_once(model, args, port: int, env, timeout: float, log_path) -> Server
         time.sleep(1)
     server.stop()
     raise ServerFailed(f"server not healthy after {timeout:.0f} s:\n{server.log_text()[-4000:]}")
+
+
+def start_router(worker_urls: Sequence[str], args: Sequence[str] = ("--policy", "cache_aware"), *,
+                 timeout: float = 120, log_path: str | Path | None = None) -> Server:
+    """Launch SGLang's router (`python -m sglang_router.launch_router`, the `router` extra) in front of running
+    workers, on 127.0.0.1 in its own process group, and wait until it has registered every worker as healthy
+    (it registers them in the background after it starts answering). Raises `ServerFailed` with the log tail."""
+    port = free_port()
+    log_path = Path(log_path or tempfile.mkstemp(prefix=f"router-{port}-", suffix=".log")[1])
+    log = open(log_path, "w")
+    cmd = [sys.executable, "-m", "sglang_router.launch_router", "--host", "127.0.0.1", "--port", str(port),
+           "--worker-urls", *worker_urls, *args]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=launch_env(), start_new_session=True)
+    router = Server(proc, port, log_path, log)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            router.stop()
+            raise ServerFailed(f"router exited with {proc.returncode}:\n{router.log_text()[-4000:]}")
+        try:
+            workers = router.get("/workers", timeout=5).get("workers", [])
+            if sum(1 for w in workers if w.get("is_healthy")) >= len(worker_urls):
+                return router
+        except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
+            pass
+        time.sleep(0.5)
+    router.stop()
+    raise ServerFailed(f"router did not register {len(worker_urls)} healthy workers in {timeout:.0f} s:\n"
+                       f"{router.log_text()[-4000:]}")
