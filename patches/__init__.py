@@ -9,6 +9,7 @@ Seams (one module each; each names the upstream symbols it hooks):
 - `overlap`: the overlap scheduler turned off under RaaS.
 - `startup_checks`: the startup refusals of the registry in `raas_sglang/refusals.py`, once the args are resolved.
 - `schedule`: eviction before each decode step's KV allocation; the decode memory check.
+- `pool_sizing`: the KV pool is shrunk by the Quest page key bounds' size when they are kept.
 - `admission`: prefill admission reserves at most prompt + L pages + one page for a RaaS request.
 - `attention`: the torch-native backend reads resident tokens only; page key bounds and page scores.
 - `attention_triton`, `attention_flashinfer`: the same resident set as kv_indptr/kv_indices for those backends.
@@ -54,8 +55,8 @@ def register() -> None:
 
 def _register_all(hooks) -> None:
     from raas_sglang.patches import (
-        admission, api, attention, attention_flashinfer, attention_triton, cpu_parallel, failpoints, overlap, radix,
-        schedule, server_args, startup_checks,
+        admission, api, attention, attention_flashinfer, attention_triton, cpu_parallel, failpoints, overlap,
+        pool_sizing, radix, schedule, server_args, startup_checks,
     )
     from raas_sglang.patches.lazy import register_hooks_when_imported
 
@@ -66,7 +67,7 @@ def _register_all(hooks) -> None:
         for module, module_hooks in api.MAIN_HOOKS.items():
             register_hooks_when_imported(module, module_hooks)
     else:
-        for module in (cpu_parallel, schedule, admission, attention, radix):
+        for module in (cpu_parallel, pool_sizing, schedule, admission, attention, radix):
             hooks.register(module.HOOKS)
         failpoints.install()  # test-only: a no-op unless RAAS_TEST_FAULT is set
         hooks.register(api.SCHEDULER_HOOKS)

@@ -128,7 +128,10 @@ def build_additional_customized_info(orig, self, reqs):
 def get_internal_state(result, self, *args, **kwargs):
     rt = runtime.get()
     if rt is not None:
-        result.internal_state["raas"] = rt.summary()
+        from sglang.srt.runtime_context import get_parallel
+
+        # NOTE: with --dp-size the replicas' entries arrive in no fixed order; dp_rank says which is which
+        result.internal_state["raas"] = {**rt.summary(), "dp_rank": get_parallel().dp_rank}
     return result
 
 

@@ -10,43 +10,73 @@ Upstream symbols used (not hooked): `PagedTokenToKVPoolAllocator.free_page_ids(p
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from typing import Any, NamedTuple
 
 import torch
 
 from raas_sglang.core import EMPTY, Victims
 from raas_sglang.patches.runtime import Runtime
 
+logger = logging.getLogger("raas_sglang")
 
-def evict(rt: Runtime, rows: torch.Tensor, positions: torch.Tensor, req_to_token: torch.Tensor, allocator: Any) -> int:
+
+class InvariantBroken(RuntimeError):
+    """The plugin was about to corrupt SGLang's pool (e.g. free the padding page 0); nothing was freed."""
+
+
+class Evicted(NamedTuple):
+    """What one `evict` call did: pages handed back to the allocator, and the rows found broken (a victim whose
+    slots were already gone: each such request must be aborted by the caller)."""
+
+    pages: int
+    lost_rows: list[int]
+
+
+def evict(rt: Runtime, rows: torch.Tensor, positions: torch.Tensor, req_to_token: torch.Tensor,
+          allocator: Any) -> Evicted:
     """Evict before the step's allocation. rows/positions [n] int64 (the position of the token about to be
-    written). Returns pages evicted.
+    written).
 
     NOTE: each victim's slots are freed exactly once (free_page_ids does not dedupe, so a double free would show
     under SGLANG_DEBUG_MEMORY_POOL) and its row entries are pointed at the padding page 0, which the allocator
-    never hands out, so no check or reader can mistake them for live KV.
+    never hands out, so no check or reader can mistake them for live KV. A victim whose first slot already lies
+    in page 0 was handed back before (a broken invariant): it is never freed again, it leaves the row's state as
+    a hole (so the row's release does not free it either), and its row is returned in `lost_rows`.
     """
     victims = rt.state.victims(rows, positions)
     hit = victims.page != EMPTY  # [n] bool
     if not bool(hit.any()):
-        return 0
+        return Evicted(0, [])
     ps = rt.config.page_size
     v_rows, v_pages = rows[hit], victims.page[hit]  # [m]
     cols = v_pages[:, None] * ps + torch.arange(ps, device=rows.device)  # [m, ps] logical positions
     first_slots = req_to_token[v_rows, v_pages * ps].to(torch.int64)  # [m]
-    free_pages(allocator, first_slots // ps)
-    req_to_token[v_rows[:, None], cols] = 0
+    lost = first_slots < ps  # [m] bool: the slot is in the padding page 0
+    lost_rows = v_rows[lost].tolist() if bool(lost.any()) else []
+    if lost_rows:
+        logger.error("raas_sglang: request rows %s: the page chosen for eviction was already handed back to the "
+                     "allocator (its slots point at the padding page); not freeing it again", lost_rows)
+    kept = ~lost
+    if bool(kept.any()):
+        free_pages(allocator, first_slots[kept] // ps)
+    req_to_token[v_rows[kept][:, None], cols[kept]] = 0
     rt.state.evict(Victims(v_rows, v_pages))
-    n = int(hit.sum())
+    n = int(kept.sum())
     rt.totals.evicted_pages += n
     if rt.metrics is not None:
         rt.metrics.raas_evicted_pages_total.labels(**rt.metrics.labels).inc(n)
-    _trace(rt, v_rows, v_pages, positions[hit])
-    return n
+    _trace(rt, v_rows[kept], v_pages[kept], positions[hit][kept])
+    return Evicted(n, lost_rows)
 
 
 def free_pages(allocator: Any, page_ids: torch.Tensor) -> None:
-    """Hand evicted pages back to SGLang's allocator. page_ids [m] int64 physical page ids."""
+    """Hand evicted pages back to SGLang's allocator. page_ids [m] int64 physical page ids.
+
+    NOTE: page 0 is SGLang's padding page, never owned by a request; freeing it would put it in the free list and
+    hand it to a request later, so it is refused outright (fail closed: nothing is freed)."""
+    if bool((page_ids == 0).any()):
+        raise InvariantBroken(f"raas_sglang: refusing to free the padding page 0 (pages {page_ids.tolist()})")
     allocator.free_page_ids(page_ids)
 
 

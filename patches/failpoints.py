@@ -8,7 +8,11 @@ process) replace one plugin function with a broken one; the production code path
 - `tree_adopts_hole` (I2): radix inserts are not capped at the first evicted page;
 - `rank_diverges` (tensor parallel): on TP rank 1 only, each decode step's refresh also moves the stamps of the
   rows whose request id starts with `DIVERGE_RID`, so that rank's state departs from the others' (the
-  `RAAS_CHECK_RANKS` check must stop the server); other requests are untouched.
+  `RAAS_CHECK_RANKS` check must stop the server); other requests are untouched;
+- `lost_page` (item 5 of the guarantees): for requests whose id starts with `LOST_RID`, the page about to be
+  evicted is handed back to the allocator, and its row entries pointed at page 0, just before the eviction, as a
+  stray free elsewhere would; the eviction must then neither free page 0 nor free the page twice, and abort only
+  that request.
 
 Hooks upstream: none (it patches the plugin's own functions).
 """
@@ -19,8 +23,9 @@ import logging
 import os
 
 ENV = "RAAS_TEST_FAULT"
-FAULTS = ("double_free", "leak", "tree_adopts_hole", "rank_diverges")
+FAULTS = ("double_free", "leak", "tree_adopts_hole", "rank_diverges", "lost_page")
 DIVERGE_RID = "raas-test-diverge"
+LOST_RID = "raas-test-lost"
 logger = logging.getLogger("raas_sglang")
 
 
@@ -46,6 +51,8 @@ def install() -> str | None:
         eviction.free_pages = twice
     elif fault == "rank_diverges":
         _diverge_on_rank_one()
+    elif fault == "lost_page":
+        _lose_page_before_eviction()
     else:
         radix.tree_cap = lambda rt, req, up_to: up_to
     return fault
@@ -67,3 +74,27 @@ def _diverge_on_rank_one() -> None:
             self.stamp[marked] += 1
 
     RaasState.observe = diverging
+
+
+def _lose_page_before_eviction() -> None:
+    import torch
+
+    from raas_sglang.core import EMPTY
+    from raas_sglang.patches import eviction
+
+    evict, done = eviction.evict, set()
+
+    def lose_then_evict(rt, rows, positions, req_to_token, allocator):
+        ps = rt.config.page_size
+        victims = rt.state.victims(rows, positions)  # pure: the real eviction below picks the same pages
+        for row, page in zip(rows.tolist(), victims.page.tolist()):
+            info = rt.rows.get(row)
+            if page == EMPTY or info is None or not info.rid.startswith(LOST_RID) or info.rid in done:
+                continue
+            done.add(info.rid)
+            first = int(req_to_token[row, page * ps])
+            allocator.free_page_ids(torch.tensor([first // ps], dtype=torch.int64, device=req_to_token.device))
+            req_to_token[row, page * ps:page * ps + ps] = 0
+        return evict(rt, rows, positions, req_to_token, allocator)
+
+    eviction.evict = lose_then_evict

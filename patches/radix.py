@@ -69,7 +69,7 @@ def _cut(ranges, holes, ps):
 
 def free_kv_row(orig, self, kv, ranges):
     rt = runtime.get()
-    if rt is None or rt.state is None or kv.req_pool_idx not in rt.rows:
+    if rt is None or rt.row_of_kv(kv) is None:
         return orig(self, kv, ranges)
     holes = rt.holes(kv.req_pool_idx, max((end for _, end in ranges), default=0))
     if holes:
@@ -93,7 +93,7 @@ def release_kv_cache(orig, req, tree_cache, *a, **kw):
 
 def kv_private_tokens(result, kv, page_size):
     rt = runtime.get()
-    if rt is None or rt.state is None or kv.req_pool_idx not in rt.rows:
+    if rt is None or rt.row_of_kv(kv) is None:
         return result
     return result - int(rt.state.evicted[kv.req_pool_idx]) * page_size
 

@@ -41,6 +41,7 @@ class RowInfo:
     trace_steps: list = field(default_factory=list)  # [[decode_position, first, end], ...] per evicted page
     evicted_before: int = 0  # pages evicted before a retraction (the row's holes were released with it)
     evicted_at_release: int = 0
+    kv: Any = None  # the request's SGLang `ReqKvInfo` at admission: row lookups from the KV side must match it
 
 
 @dataclass
@@ -78,6 +79,7 @@ class Runtime:
         self.tree_cache = None
         self.metrics = None  # SGLang's SchedulerMetricsCollector, with our counter and gauge (--enable-metrics)
         self._ranks: Ranks | None = None
+        self.pool_plan = None  # patches/pool_sizing.PoolPlan when the pool was shrunk to hold the key bounds
 
     @property
     def ranks(self) -> Ranks:
@@ -119,7 +121,7 @@ class Runtime:
     # -- request rows --------------------------------------------------------------------------------------------
 
     def admit(self, row: int, rid: str, pin_len: int, policy: str, budget_pages: int | None, trace: bool,
-              carry: RowInfo | None = None) -> None:
+              carry: RowInfo | None = None, kv: Any = None) -> None:
         """Start tracking `row` for request `rid` under `policy` ("dense" or a budgeted policy). `carry` is the
         request's record from before a retraction."""
         raas = policy != DENSE
@@ -129,7 +131,7 @@ class Runtime:
             self.state.admit(row, pin_len, budget_pages, policy)
         else:  # holds everything (nothing evicted); the budget is how many pages it attends to
             self.state.admit(row, DENSE_PIN, budget_pages, policy)
-        info = RowInfo(rid=rid, raas=raas, policy=policy, trace=trace)
+        info = RowInfo(rid=rid, raas=raas, policy=policy, trace=trace, kv=kv)
         if carry is not None:
             info.peak_kv_tokens = carry.peak_kv_tokens
             info.trace_steps = carry.trace_steps
@@ -177,6 +179,8 @@ class Runtime:
             "raas_seconds_by_part": dict(self.totals.raas_parts),
             "exact_kernel_layer_calls": self.totals.kernel_layer_calls,
             "kv_free_low_water_tokens": self.totals.free_low_water,
+            "key_bounds_bytes": 0 if self.bounds is None else sum(kb.numel() * kb.element_size() for kb in self.bounds.kb),
+            "pool_tokens_before_bounds": None if self.pool_plan is None else self.pool_plan.tokens_before,
         }
 
     def report(self, row: int, info: RowInfo) -> dict:
@@ -190,6 +194,13 @@ class Runtime:
         if info.trace:
             out["trace"] = info.trace_steps
         return out
+
+    def row_of_kv(self, kv: Any) -> RowInfo | None:
+        """The admitted row whose request owns SGLang's `kv` (a `ReqKvInfo`), or None. NOTE: a row is reused by
+        the next request once released; matching the object, not just the row index, keeps one request's holes
+        from being applied to another's KV."""
+        info = self.rows.get(kv.req_pool_idx) if self.state is not None and kv.req_pool_idx is not None else None
+        return info if info is not None and info.kv is kv else None
 
     def holes(self, row: int, upto_tokens: int) -> list[int]:
         """Evicted pages of an admitted RaaS row below `upto_tokens` (see `RaasState.holes`)."""

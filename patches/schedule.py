@@ -34,7 +34,7 @@ def _admit_new_rows(rt: runtime.Runtime, batch) -> None:
         # NOTE: pinned = the prompt, including any radix-matched prefix (a retracted request may have matched
         # past its prompt: the tree owns those tokens, so they are pinned too).
         pin = max(len(req.origin_input_ids), req.kv.cache_protected_len)
-        rt.admit(row, req.rid, pin, policy, budget_pages, trace, carry=getattr(req, "raas_carry", None))
+        rt.admit(row, req.rid, pin, policy, budget_pages, trace, carry=getattr(req, "raas_carry", None), kv=req.kv)
         if policy != "dense":
             _adopt_existing_decode_pages(rt, batch, row, req.kv.kv_committed_len)
         dev = rt.state.device
@@ -52,8 +52,28 @@ def _adopt_existing_decode_pages(rt: runtime.Runtime, batch, row: int, seq_len: 
     first = int(state.first_decode_page(rows)[0])
     for page in range(first, -(-seq_len // ps)):
         pos = torch.tensor([page * ps], device=dev)
-        eviction.evict(rt, rows, pos, batch.req_to_token_pool.req_to_token, batch.token_to_kv_pool_allocator)
+        done = eviction.evict(rt, rows, pos, batch.req_to_token_pool.req_to_token, batch.token_to_kv_pool_allocator)
+        _abort_lost(rt, batch, done.lost_rows)
         state.open_pages(rows, pos)
+
+
+def _abort_lost(rt: runtime.Runtime, batch, lost_rows: list[int]) -> None:
+    """A row whose eviction victim had no KV left is corrupt: abort its request (HTTP 500 with the reason, an
+    error in the log) after this step; the other requests go on. NOTE: its state already treats the page as a
+    hole, so this step's allocation and the release stay within the pool's accounting."""
+    if not lost_rows:
+        return
+    from http import HTTPStatus
+
+    from sglang.srt.managers.schedule_batch import FINISH_ABORT
+
+    for req in batch.reqs:
+        info = rt.rows.get(req.kv.req_pool_idx)
+        if req.kv.req_pool_idx in lost_rows and info is not None and info.rid == req.rid:
+            msg = (f"raas_sglang: request {req.rid}: a KV page it still held was already freed (broken invariant); "
+                   "the request is aborted, the server goes on")
+            logger.error(msg)
+            req.to_finish = FINISH_ABORT(msg, HTTPStatus.INTERNAL_SERVER_ERROR)
 
 
 def alloc_for_decode(orig, batch, token_per_req):
@@ -72,7 +92,8 @@ def alloc_for_decode(orig, batch, token_per_req):
         if opening:
             rows = batch.req_pool_indices.to(torch.int64)  # [bs]
             positions = batch.seq_lens.to(torch.int64)  # [bs] logical position of this step's token
-            eviction.evict(rt, rows, positions, req_to_token, batch.token_to_kv_pool_allocator)
+            done = eviction.evict(rt, rows, positions, req_to_token, batch.token_to_kv_pool_allocator)
+            _abort_lost(rt, batch, done.lost_rows)
     out = orig(batch, token_per_req)
     free = batch.token_to_kv_pool_allocator.available_size()  # SGLang's own count, after this step's allocation
     if rt.totals.free_low_water is None or free < rt.totals.free_low_water:

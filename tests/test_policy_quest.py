@@ -18,7 +18,7 @@ PS = 4
 
 def _brute_bound(q, keys, sm_scale):
     """max over query heads and keys of the Quest upper bound of one page: keys [t, kv_heads, d]."""
-    kv_heads, g = keys.shape[1], q.shape[0] // keys.shape[1]
+    g = q.shape[0] // keys.shape[1]
     lo, hi = keys.amin(0), keys.amax(0)  # [kv_heads, d]
     best = -float("inf")
     for h in range(q.shape[0]):
@@ -102,3 +102,29 @@ def test_raas_quest_bounded_and_equals_raas_when_the_prompt_fits(server):
     b = gen(server, long_prompt, 200, kv_policy="raas", raas_budget=32)
     assert a["meta_info"]["raas"]["peak_kv_tokens"] <= bound(len(long_prompt), 32)
     assert a["output_ids"] != b["output_ids"]
+
+
+def _kv_cell_bytes() -> int:
+    """SGLang's KV bytes per token for the tiny model (float32): kv_heads * (k + v head dims) * layers * 4."""
+    import json
+
+    from raas_sglang.dev import tiny_model
+
+    cfg = json.loads((tiny_model.build() / "config.json").read_text())
+    return cfg["num_key_value_heads"] * 2 * cfg["head_dim"] * cfg["num_hidden_layers"] * 4
+
+
+def test_pool_is_sized_with_the_key_bounds(server, raas_server):
+    """#15 item 4: a server that keeps Quest page key bounds shrinks its KV pool so that pool + bounds fit what the
+    pool alone would have taken (--max-total-tokens 4096); the bounds' bytes are reported and are what was
+    allocated. A server without bounds keeps the whole pool."""
+    gen(server, PROMPT, 8)  # the bounds are allocated with the first prefill
+    info = server.get("/get_server_info")["internal_states"][0]["raas"]
+    cell = _kv_cell_bytes()
+    assert info["pool_tokens_before_bounds"] == 4096
+    per_page = 2 * 2 * 2 * 16 * 4  # layers * kv_heads * (max, min) * head_dim * float32
+    assert info["key_bounds_bytes"] == (info["pool_tokens"] // 16 + 2) * per_page  # one entry per buffer page + 1
+    assert info["pool_tokens"] * cell + info["key_bounds_bytes"] <= 4096 * cell
+    assert info["pool_tokens"] == 4096 - 16 * 16  # the largest whole-page pool that fits: 3840
+    plain = raas_server.get("/get_server_info")["internal_states"][0]["raas"]
+    assert plain["pool_tokens"] == 4096 and plain["key_bounds_bytes"] == 0 and plain["pool_tokens_before_bounds"] is None
