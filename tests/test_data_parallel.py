@@ -16,7 +16,8 @@ N = 16
 
 @pytest.fixture(scope="module")
 def dp2(model_dir, tmp_path_factory):
-    srv = serve(model_dir, *RAAS_SERVER_ARGS, "--dp-size", "2", "--enable-metrics",
+    # NOTE: SGLang's warmup request costs a DP launch ~14 s on 2 cores; the test's own requests warm it
+    srv = serve(model_dir, *RAAS_SERVER_ARGS, "--dp-size", "2", "--enable-metrics", "--skip-server-warmup",
                 tmp=tmp_path_factory.mktemp("dp2"), env=STRICT_ENV)
     yield srv
     srv.stop()
