@@ -36,21 +36,38 @@ def world_size(server_args: Any) -> int:
     return (arg(server_args, "dp_size") or 1) * (arg(server_args, "tp_size") or 1) * (arg(server_args, "pp_size") or 1)
 
 
-def local_ranks(server_args: Any) -> int:
-    """How many `SGLANG_CPU_OMP_THREADS_BIND` entries this node's ranks index (their largest gpu_id + 1)."""
-    per_node = max(1, world_size(server_args) // max(1, arg(server_args, "nnodes") or 1))
-    return (arg(server_args, "base_gpu_id") or 0) + (per_node - 1) * (arg(server_args, "gpu_id_step") or 1) + 1
+def local_rank_ids(server_args: Any) -> list[int]:
+    """The gpu_ids (= `SGLANG_CPU_OMP_THREADS_BIND` indices) of this node's ranks, as SGLang assigns them:
+    `engine._calculate_rank_ranges` splits tp and pp over the nodes, each rank's id is base + (pp_rank % pp per
+    node) * tp per node + (tp_rank % tp per node) * step, and the DP controller moves each replica's base by
+    tp * pp * step."""
+    dp, tp, pp = (arg(server_args, k) or 1 for k in ("dp_size", "tp_size", "pp_size"))
+    nnodes = max(1, arg(server_args, "nnodes") or 1)
+    base, step = arg(server_args, "base_gpu_id") or 0, arg(server_args, "gpu_id_step") or 1
+    pp_per_node = max(pp // nnodes, 1)
+    tp_per_node = max(tp // max(nnodes // pp, 1), 1)
+    return sorted({base + d * tp * pp * step + p * tp_per_node + t * step
+                   for d in range(dp) for p in range(pp_per_node) for t in range(tp_per_node)})
+
+
+_SET_BY_PLUGIN: str | None = None  # the value this process set (an in-process sgl.Engine launches again later)
 
 
 def bind_threads(server_args: Any) -> str | None:
     """Set `SGLANG_CPU_OMP_THREADS_BIND` for this launch when the CPU engine runs more than one rank in all and the
     user did not set it (a node with one of them gets all the cores). Returns the value set (None: nothing set)."""
-    if os.environ.get(cpu_env.BIND_ENV) or str(arg(server_args, "device")) != "cpu" or cpu_env.has_cuda():
+    global _SET_BY_PLUGIN
+    current = os.environ.get(cpu_env.BIND_ENV)
+    if current and current != _SET_BY_PLUGIN:
+        return None  # the user's
+    if current:
+        del os.environ[cpu_env.BIND_ENV]
+        _SET_BY_PLUGIN = None
+    device = arg(server_args, "device")
+    if str(device) not in ("cpu", "None") or cpu_env.has_cuda() or world_size(server_args) <= 1:
         return None
-    if world_size(server_args) <= 1:
-        return None
-    value = cpu_env.threads_bind(local_ranks(server_args)) or cpu_env.threads_bind(1, all_cores=True)
-    os.environ[cpu_env.BIND_ENV] = value
+    value = cpu_env.threads_bind_ids(local_rank_ids(server_args))
+    os.environ[cpu_env.BIND_ENV] = _SET_BY_PLUGIN = value
     logger.info("raas_sglang: %s=%s (CPU engine, one entry per rank on this node)", cpu_env.BIND_ENV, value)
     return value
 

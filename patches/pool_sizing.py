@@ -15,10 +15,10 @@ which has one padding page, plus one spare). So pool + bounds fit what the pool 
 
 Upstream symbols hooked (sglang 0.5.23): `sglang.srt.mem_cache.kv_cache_configurator.KVCacheConfigurator.
 config_from_budget(self, budget_bytes, *, cap_tokens=None)`, AROUND: both sizing paths (profiled and capped) end
-there. Read: `self.model_config` (`get_num_kv_heads(tp, dcp)`, `head_dim`, `v_head_dim`), `self.layer_info.
+there (a call with `cap_tokens`, SGLang's later re-size of a sized pool, is left alone). Read: `self.model_config` (`get_num_kv_heads(tp, dcp)`, `head_dim`, `v_head_dim`), `self.layer_info.
 num_effective_layers`, `self.kv_cache_dtype`; `get_parallel().attn_tp_size`/`attn_dcp_size`;
 `sglang.srt.model_executor.pool_configurator.create_memory_pool_configurator(kvc).
-calculate_pool_sizes_from_max_tokens(tokens, page_size)`.
+calculate_pool_sizes_from_max_tokens(tokens, page_size)`; `sglang.srt.runtime_context.attention_backends()`.
 """
 
 from __future__ import annotations
@@ -50,12 +50,13 @@ def tokens_with_bounds(tokens: int, cell: int, bounds_per_page: int, page_size: 
 
 
 def _keeps_bounds(rt: runtime.Runtime) -> bool:
-    from sglang.srt.runtime_context import get_server_args
+    """Whether this server keeps Quest page key bounds. NOTE: read from the resolved backends
+    (`runtime_context.attention_backends()`: the raw args hold None when SGLang picks the backend itself)."""
+    from sglang.srt.runtime_context import attention_backends
 
     from raas_sglang.patches.attention import Backend
 
-    args = get_server_args()
-    name = args.decode_attention_backend or args.attention_backend
+    name = attention_backends()[1]  # (prefill, decode)
     try:
         return Backend(name).needs_bounds(rt.config)
     except ValueError:
@@ -65,8 +66,8 @@ def _keeps_bounds(rt: runtime.Runtime) -> bool:
 def config_from_budget(orig, self, budget_bytes, *args, **kwargs):
     config = orig(self, budget_bytes, *args, **kwargs)
     rt = runtime.get()
-    if rt is None or not _keeps_bounds(rt):
-        return config
+    if rt is None or not _keeps_bounds(rt) or kwargs.get("cap_tokens") is not None:
+        return config  # NOTE: a capped call re-sizes an already sized (and shrunk) pool: shrink only once
     from sglang.srt.model_executor.pool_configurator import create_memory_pool_configurator
     from sglang.srt.runtime_context import get_parallel
 

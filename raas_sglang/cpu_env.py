@@ -78,6 +78,16 @@ def threads_bind(ranks: int, cores: list[int] | None = None, all_cores: bool = F
     return "|".join(",".join(map(str, g)) for g in groups)
 
 
+def threads_bind_ids(ids: list[int], cores: list[int] | None = None) -> str:
+    """The `SGLANG_CPU_OMP_THREADS_BIND` value for ranks whose gpu_ids are `ids` (SGLang indexes the entries by
+    gpu_id): the used entries split `cores` as `threads_bind` does, an index no rank uses gets the first core. One
+    rank gets every core."""
+    cores = sorted(os.sched_getaffinity(0)) if cores is None else sorted(cores)
+    shares = (threads_bind(len(ids), cores) or ",".join(map(str, cores))).split("|")
+    by_id = dict(zip(sorted(ids), shares))
+    return "|".join(by_id.get(i, str(cores[0])) for i in range(max(ids) + 1))
+
+
 def main() -> None:
     for key, value in cpu_exports().items():
         print(f"export {key}={shlex.quote(value)}")
