@@ -53,16 +53,17 @@ def evict(rt: Runtime, rows: torch.Tensor, positions: torch.Tensor, req_to_token
     cols = v_pages[:, None] * ps + torch.arange(ps, device=rows.device)  # [m, ps] logical positions
     first_slots = req_to_token[v_rows, v_pages * ps].to(torch.int64)  # [m]
     lost = first_slots < ps  # [m] bool: the slot is in the padding page 0
-    lost_rows = v_rows[lost].tolist() if bool(lost.any()) else []
+    n_lost = int(lost.sum())  # NOTE: the one host sync this adds to an evicting step
+    lost_rows = v_rows[lost].tolist() if n_lost else []
     if lost_rows:
         logger.error("raas_sglang: request rows %s: the page chosen for eviction was already handed back to the "
                      "allocator (its slots point at the padding page); not freeing it again", lost_rows)
     kept = ~lost
-    if bool(kept.any()):
+    if n_lost < len(v_rows):
         free_pages(allocator, first_slots[kept] // ps)
     req_to_token[v_rows[kept][:, None], cols[kept]] = 0
     rt.state.evict(Victims(v_rows, v_pages))
-    n = int(kept.sum())
+    n = len(v_rows) - n_lost
     rt.totals.evicted_pages += n
     if rt.metrics is not None:
         rt.metrics.raas_evicted_pages_total.labels(**rt.metrics.labels).inc(n)
