@@ -44,7 +44,9 @@ def smol_hf(smol_dir):
 
 @pytest.fixture(scope="module")
 def server(smol_dir, tmp_path_factory):
+    # chunked prefill at 64 tokens: the forced test's prompt takes two chunks (a middle chunk is sampled too)
     srv = serve(smol_dir, "--kv-policy", "raas", "--raas-budget", "256", "--enable-custom-logit-processor",
+                "--chunked-prefill-size", "64",
                 tmp=tmp_path_factory.mktemp("smollm2"), env=STRICT_ENV)
     yield srv
     srv.stop()
@@ -96,7 +98,10 @@ def test_evicting_logprobs_equal_masked_reference(server, tok, smol_hf):
 def test_forced_logprobs_equal_teacher_forced_reference(server, tok, smol_hf, policy):
     from raas_sglang.dev.forced import KEY, request
 
-    prompt = chat(tok, "Is 91 a prime number?")
+    prompt = chat(tok, "Is 91 a prime number? A prime number is a whole number greater than 1 whose only divisors "
+                       "are 1 and itself. Answer step by step, checking each small prime in turn, and say clearly "
+                       "at the end whether 91 is prime or not.")
+    assert len(prompt) > 64  # two prefill chunks
     text = ("No. To check whether 91 is prime, try the small primes in turn. It is odd, so 2 does not divide it. "
             "The digits sum to 10, so 3 does not divide it. It does not end in 0 or 5, so 5 does not divide it. "
             "Seven times thirteen is ninety-one, so 91 = 7 x 13 and it is not prime.")

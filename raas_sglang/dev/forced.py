@@ -32,18 +32,21 @@ class ForcedTokens(CustomLogitProcessor):
     def __call__(self, logits: torch.Tensor, custom_param_list: list[dict[str, Any]] | None = None) -> torch.Tensor:
         # logits [n, vocab]: the rows of the requests that use this processor
         reqs = [params["__req__"] for params in custom_param_list]
-        steps = [len(req.output_ids) for req in reqs]
+        # NOTE: a prompt's middle chunk (chunked prefill) is sampled too and its token discarded: not recorded
+        live = [req.inflight_middle_chunks <= 0 for req in reqs]
         targets = []
-        for req, params, step in zip(reqs, custom_param_list, steps):
-            force = params["force_ids"]
+        for req, params in zip(reqs, custom_param_list):
+            force, step = params["force_ids"], len(req.output_ids)
             record = (req.customized_info or {}).get(KEY, [])
-            if len(record) != step:
+            if len(record) != step and req.inflight_middle_chunks <= 0:
                 raise RuntimeError(f"ForcedTokens: request {req.rid} recorded {len(record)} forced tokens at output "
                                    f"step {step} (the overlap scheduler must be off)")
             targets.append(force[min(step, len(force) - 1)])
         tok = torch.tensor(targets, dtype=torch.int64, device=logits.device)  # [n]
         lp = torch.log_softmax(logits.float(), dim=-1).gather(1, tok[:, None]).squeeze(1)  # [n]
-        for req, value in zip(reqs, lp.tolist()):
+        for req, value, keep in zip(reqs, lp.tolist(), live):
+            if not keep:
+                continue
             if req.customized_info is None:
                 req.customized_info = {}
             req.customized_info.setdefault(KEY, []).append(value)
