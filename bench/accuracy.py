@@ -3,10 +3,11 @@ for a sweep of KV budgets, against a running SGLang server (started with `--kv-p
 policy, for budgets other than `dense`).
 
 Dataset: JSON lines with the problem under `problem` (or `question` / `prompt`) and the reference under
-`answer` (MATH500, AIME and GPQA-style files; for multiple choice put the letter in `answer`). The model's answer
-is the content of its last `\\boxed{...}` (nested braces allowed), or what `--extract "regex:PATTERN"` captures
-(group 1). Answers compare after light normalization (spaces, `$`, `\\left`/`\\right`, `\\!`, a trailing
-period, `\\text{}` wrappers, `dfrac`/`tfrac` -> `frac`); no symbolic equivalence.
+`answer` (MATH500, AIME and GPQA-style files; for multiple choice put the letter in `answer`). Answers are checked
+with Hugging Face's math-verify (`math_verify.parse` + `verify`: symbolic equivalence, so `\\dfrac{1}{2}`, `0.5`
+and `\\boxed{1/2}` agree): by default on the whole completion (math-verify finds the last `\\boxed{}` or final
+answer itself), or on what `--extract "regex:PATTERN"` captures (group 1). A reference math-verify cannot parse
+(e.g. a letter) is compared as a string after stripping spaces, `$` and parentheses.
 
 pass@1 of a problem = the fraction of its k samples that are right; the reported pass@1 is the mean over
 problems. `--api chat` (default) sends the problem as one user message to `/v1/chat/completions` (the
@@ -35,33 +36,10 @@ from pathlib import Path
 PROMPT_SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}."
 
 
-def boxed(text: str) -> str | None:
-    """The content of the last `\\boxed{...}` (or `\\fbox{...}`), braces balanced; None if absent."""
-    start = max(text.rfind("\\boxed{"), text.rfind("\\fbox{"))
-    if start < 0:
-        return None
-    i = text.index("{", start) + 1
-    depth, j = 1, i
-    while j < len(text) and depth:
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        j += 1
-    return text[i : j - 1] if depth == 0 else None
-
-
-def normalize(ans: str | None) -> str | None:
-    if ans is None:
-        return None
-    s = ans.strip()
-    s = re.sub(r"\\text\{(.*?)\}", r"\1", s)
-    for old, new in (("\\left", ""), ("\\right", ""), ("\\!", ""), ("dfrac", "frac"), ("tfrac", "frac"), ("$", "")):
-        s = s.replace(old, new)
-    s = re.sub(r"\s+", "", s).rstrip(".")
-    return s
-
-
 def extractor(spec: str):
-    if spec == "boxed":
-        return boxed
+    """None (math-verify reads the whole completion) for "auto"; a regex's last group-1 capture for "regex:P"."""
+    if spec == "auto":
+        return None
     if spec.startswith("regex:"):
         pattern = re.compile(spec[len("regex:") :])
 
@@ -70,7 +48,26 @@ def extractor(spec: str):
             return found[-1] if found else None
 
         return by_regex
-    raise SystemExit(f"error: --extract: must be 'boxed' or 'regex:PATTERN', got {spec!r}")
+    raise SystemExit(f"error: --extract: must be 'auto' or 'regex:PATTERN', got {spec!r}")
+
+
+def _plain(s: str) -> str:
+    return re.sub(r"[\s$()]", "", s)
+
+
+def correct(text: str, gold: str, get=None) -> bool:
+    """Is the completion `text` right against the reference `gold`? (math-verify; see the module docstring)."""
+    from math_verify import parse, verify
+
+    pred = text if get is None else get(text)
+    if pred is None:
+        return False
+    wrap = (lambda s: s) if "$" in gold else (lambda s: f"${s}$")
+    want = parse(wrap(gold))
+    if not want:
+        return _plain(pred) == _plain(gold) if get is not None else False
+    got = parse(pred if get is None else wrap(pred))
+    return bool(got) and bool(verify(want, got))
 
 
 def load(path: Path) -> list[dict]:
@@ -121,7 +118,7 @@ def main(argv=None) -> int:
     ap.add_argument("--budgets", default="dense", help="comma list: 'dense' and/or budgets in tokens")
     ap.add_argument("--policy", default="raas", help="the budgeted policy the budgets apply to")
     ap.add_argument("--api", choices=("chat", "generate"), default="chat")
-    ap.add_argument("--extract", default="boxed")
+    ap.add_argument("--extract", default="auto", help="'auto' (math-verify) or 'regex:PATTERN'")
     ap.add_argument("--suffix", default=PROMPT_SUFFIX, help="appended to every problem")
     ap.add_argument("--max-tokens", type=int, default=16384)
     ap.add_argument("--temperature", type=float, default=0.6)
@@ -147,7 +144,7 @@ def main(argv=None) -> int:
             done[0] += 1
             if done[0] % max(1, len(jobs) // 10) == 0:
                 print(f"  budget {budget}: {done[0]}/{len(jobs)} samples", file=sys.stderr, flush=True)
-            return i, normalize(get(text)) == normalize(rows[i]["answer"]), tokens
+            return i, correct(text, rows[i]["answer"], get), tokens
 
         with ThreadPoolExecutor(args.workers) as pool:
             outs = list(pool.map(one, jobs))

@@ -56,7 +56,7 @@ def register() -> None:
 def _register_all(hooks) -> None:
     from raas_sglang.patches import (
         admission, api, attention, attention_flashinfer, attention_triton, cpu_parallel, failpoints, overlap,
-        pool_sizing, radix, schedule, server_args, startup_checks,
+        pool_sizing, radix, reprefill, schedule, server_args, startup_checks,
     )
     from raas_sglang.patches.lazy import register_hooks_when_imported
 
@@ -67,9 +67,11 @@ def _register_all(hooks) -> None:
         for module, module_hooks in api.MAIN_HOOKS.items():
             register_hooks_when_imported(module, module_hooks)
     else:
-        for module in (cpu_parallel, pool_sizing, schedule, admission, attention, radix):
+        for module in (cpu_parallel, pool_sizing, schedule, admission, attention, radix, reprefill):
             hooks.register(module.HOOKS)
         failpoints.install()  # test-only: a no-op unless RAAS_TEST_FAULT is set
         hooks.register(api.SCHEDULER_HOOKS)
-        for module in (attention_triton, attention_flashinfer):  # imported only by servers that use them
-            register_hooks_when_imported(module.MODULE, module.HOOKS)
+        # imported only by servers that use them; NOTE: hooks on one target must be applied in one call (SGLang's
+        # registry patches a target once), so triton's own and the re-prefill's go together
+        register_hooks_when_imported(attention_triton.MODULE, attention_triton.HOOKS + reprefill.TRITON_HOOKS)
+        register_hooks_when_imported(attention_flashinfer.MODULE, attention_flashinfer.HOOKS)

@@ -6,6 +6,7 @@ Upstream symbols hooked (sglang 0.5.23, `sglang/srt/managers/schedule_policy.py`
   `L*ps + ps` minus the decode tokens it holds now.
 - `_select_prefill_admission(self, req, *, total_tokens, ...)`, AROUND: a new request's reservation
   (stock: its whole `max_new_tokens`, clipped at 4096). A RaaS request reserves at most `L*ps + ps` of decode.
+  A retracted request resuming from a snapshot gets its first chunk cut at its first run (`reprefill.admission`).
 
 This is where the capacity gain comes from: more long reasoning decodes fit in the same pool. The decode-side
 memory check (`new_tokens_required_next_decode`) is in `patches/schedule.py`.
@@ -18,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 
 from raas_sglang.config import EVICTING
-from raas_sglang.patches import runtime
+from raas_sglang.patches import reprefill, runtime
 from raas_sglang.patches.requests import request_policy
 
 
@@ -56,15 +57,17 @@ def select_admission(orig, self, req, *args, total_tokens, **kwargs):
     rt = runtime.get()
     allowance = _decode_allowance(rt, req) if rt is not None else None
     if allowance is None:
-        return orig(self, req, *args, total_tokens=total_tokens, **kwargs)
+        result = orig(self, req, *args, total_tokens=total_tokens, **kwargs)
+        return result if rt is None else reprefill.admission(self, req, result, kwargs.get("has_chunked_req", False))
     from sglang.srt.managers.schedule_policy import CLIP_MAX_NEW_TOKENS, _PrefillAdmission
 
     max_new = min(max(req.sampling_params.max_new_tokens - len(req.output_ids), 0), CLIP_MAX_NEW_TOKENS)
     capped = min(max_new, allowance)
-    result = orig(self, req, *args, total_tokens=total_tokens - (max_new - capped), **kwargs)
+    skipped = reprefill.skipped_tokens(rt, req)  # a resuming request does not recompute its holes
+    result = orig(self, req, *args, total_tokens=total_tokens - (max_new - capped) - skipped, **kwargs)
     if isinstance(result, _PrefillAdmission) and result.max_new_tokens > capped:
         result = dataclasses.replace(result, max_new_tokens=capped)
-    return result
+    return reprefill.admission(self, req, result, kwargs.get("has_chunked_req", False))
 
 
 _P = "sglang.srt.managers.schedule_policy.PrefillAdder."

@@ -85,7 +85,11 @@ def release_kv_cache(orig, req, tree_cache, *a, **kw):
     if info is not None:
         req.raas_report = rt.report(row, info)  # read by the output streamer (patches/api.py)
         if not req.kv.holds_kv:
-            released = rt.release(row)
+            from raas_sglang.patches import reprefill
+
+            # NOTE: a request with input embeddings loses its output on retraction (SGLang): nothing to resume
+            keep = not req.finished() and req.input_embeds is None and reprefill.supported(rt)
+            released = rt.release(row, keep=keep)
             # a retracted request comes back (re-prefill) as a new row: carry its figures over
             req.raas_carry = None if req.finished() else released
     return out
@@ -95,6 +99,8 @@ def kv_private_tokens(result, kv, page_size):
     rt = runtime.get()
     if rt is None or rt.row_of_kv(kv) is None:
         return result
+    if kv.req_pool_idx in rt.reprefilling:  # restored holes may lie past what the re-prefill has allocated yet
+        return result - len(rt.holes(kv.req_pool_idx, kv.kv_allocated_len)) * page_size
     return result - int(rt.state.evicted[kv.req_pool_idx]) * page_size
 
 

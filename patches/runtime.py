@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from raas_sglang.config import RaasConfig
-from raas_sglang.core import RaasState
+from raas_sglang.core import RaasState, RowSnapshot
 from raas_sglang.policies import DENSE, PolicySet
 from raas_sglang.resident_attention import ResidentDecode
 from raas_sglang.scoring import PageKeyBounds
@@ -42,6 +42,19 @@ class RowInfo:
     evicted_before: int = 0  # pages evicted before a retraction (the row's holes were released with it)
     evicted_at_release: int = 0
     kv: Any = None  # the request's SGLang `ReqKvInfo` at admission: row lookups from the KV side must match it
+    snapshot: RowSnapshot | None = None  # set by `release` on a retraction that left holes: resumed by re-prefill
+    reprefills: list = field(default_factory=list)  # [[seq_len, trace entries before it], ...] per resumption
+    kv_free: list = field(default_factory=list)  # traced: SGLang's allocator free count after each decode allocation
+
+
+@dataclass
+class Reprefill:
+    """A retracted request being recomputed after its holes were restored (`patches/reprefill.py`): the token
+    ranges still to compute, in order; each extend chunk covers (part of) the first one."""
+
+    rid: str
+    runs: list[tuple[int, int]]
+    n_tokens: int
 
 
 @dataclass
@@ -80,6 +93,10 @@ class Runtime:
         self.metrics = None  # SGLang's SchedulerMetricsCollector, with our counter and gauge (--enable-metrics)
         self._ranks: Ranks | None = None
         self.pool_plan = None  # patches/pool_sizing.PoolPlan when the pool was shrunk to hold the key bounds
+        self.reprefilling: dict[int, Reprefill] = {}  # row -> its re-prefill in progress (patches/reprefill.py)
+        self.traced = 0  # admitted rows with `raas_trace` on
+        self.reprefill_ok: bool | None = None  # whether the prefill backend can skip holes (reprefill.supported)
+        self.req_to_token: torch.Tensor | None = None  # SGLang's [rows, context] request-to-slot map
 
     @property
     def ranks(self) -> Ranks:
@@ -91,6 +108,7 @@ class Runtime:
     # -- setup ---------------------------------------------------------------------------------------------------
 
     def ensure_state(self, req_to_token: torch.Tensor) -> RaasState:
+        self.req_to_token = req_to_token
         if self.state is None:
             self.state = RaasState(num_rows=req_to_token.shape[0], budget_pages=self.config.budget_pages,
                                    page_size=self.config.page_size, device=req_to_token.device,
@@ -135,18 +153,28 @@ class Runtime:
         if carry is not None:
             info.peak_kv_tokens = carry.peak_kv_tokens
             info.trace_steps = carry.trace_steps
-            info.evicted_before = carry.evicted_before + carry.evicted_at_release
+            info.kv_free = carry.kv_free
+            info.reprefills = carry.reprefills
+            # NOTE: a restored snapshot brings its own evicted count back: not counted twice
+            info.evicted_before = carry.evicted_before + (0 if carry.snapshot is not None else carry.evicted_at_release)
+        old = self.rows.get(row)
+        self.traced += trace - (old.trace if old is not None else 0)
         self.rows[row] = info
         if raas:
             self.totals.admitted_raas += 1
         else:
             self.totals.admitted_dense += 1
 
-    def release(self, row: int) -> RowInfo | None:
-        """Forget `row`; returns its record (with `evicted_at_release` set) for a retracted request to carry."""
+    def release(self, row: int, keep: bool = False) -> RowInfo | None:
+        """Forget `row`; returns its record (with `evicted_at_release` set) for a retracted request to carry.
+        `keep` (a retraction): a row with holes keeps a snapshot of its state, to resume from."""
         info = self.rows.pop(row, None) if self.state is not None else None
+        self.reprefilling.pop(row, None)
         if info is not None:
+            self.traced -= info.trace
             info.evicted_at_release = int(self.state.evicted[row])
+            if keep and info.evicted_at_release > 0:
+                info.snapshot = self.state.snapshot(row)
             self.state.release(row)
         return info
 
@@ -193,6 +221,9 @@ class Runtime:
         }
         if info.trace:
             out["trace"] = info.trace_steps
+            out["kv_free"] = info.kv_free
+            if info.reprefills:
+                out["reprefills"] = info.reprefills
         return out
 
     def row_of_kv(self, kv: Any) -> RowInfo | None:

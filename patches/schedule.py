@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from raas_sglang.patches import eviction, runtime, tensor_parallel
+from raas_sglang.patches import eviction, reprefill, runtime, tensor_parallel
 from raas_sglang.patches.requests import request_policy
 
 logger = logging.getLogger("raas_sglang")
@@ -53,11 +53,11 @@ def _adopt_existing_decode_pages(rt: runtime.Runtime, batch, row: int, seq_len: 
     for page in range(first, -(-seq_len // ps)):
         pos = torch.tensor([page * ps], device=dev)
         done = eviction.evict(rt, rows, pos, batch.req_to_token_pool.req_to_token, batch.token_to_kv_pool_allocator)
-        _abort_lost(rt, batch, done.lost_rows)
+        abort_lost(rt, batch, done.lost_rows)
         state.open_pages(rows, pos)
 
 
-def _abort_lost(rt: runtime.Runtime, batch, lost_rows: list[int]) -> None:
+def abort_lost(rt: runtime.Runtime, batch, lost_rows: list[int]) -> None:
     """A row whose eviction victim had no KV left is corrupt: abort its request (HTTP 500 with the reason, an
     error in the log) after this step; the other requests go on. NOTE: its state already treats the page as a
     hole, so this step's allocation and the release stay within the pool's accounting."""
@@ -86,6 +86,7 @@ def alloc_for_decode(orig, batch, token_per_req):
         rt.ensure_state(req_to_token)
         rt.allocator, rt.tree_cache = batch.token_to_kv_pool_allocator, batch.tree_cache
         _admit_new_rows(rt, batch)
+        reprefill.done_reprefilling(rt, batch)
         # NOTE: pages open (and evictions happen) only where a row's next token starts a page; the host copy of
         # seq_lens tells without touching device tensors, so 15 of 16 steps skip the policy work at page 16.
         opening = bool((batch.seq_lens_cpu % rt.config.page_size == 0).any())
@@ -93,11 +94,16 @@ def alloc_for_decode(orig, batch, token_per_req):
             rows = batch.req_pool_indices.to(torch.int64)  # [bs]
             positions = batch.seq_lens.to(torch.int64)  # [bs] logical position of this step's token
             done = eviction.evict(rt, rows, positions, req_to_token, batch.token_to_kv_pool_allocator)
-            _abort_lost(rt, batch, done.lost_rows)
+            abort_lost(rt, batch, done.lost_rows)
     out = orig(batch, token_per_req)
     free = batch.token_to_kv_pool_allocator.available_size()  # SGLang's own count, after this step's allocation
     if rt.totals.free_low_water is None or free < rt.totals.free_low_water:
         rt.totals.free_low_water = free
+    if rt.traced:  # a traced request's memory curve, as the allocator counts it (bench.memory)
+        for req in batch.reqs:
+            info = rt.rows.get(req.kv.req_pool_idx)
+            if info is not None and info.trace and info.rid == req.rid:
+                info.kv_free.append(free)
     if opening:
         with runtime.timed(rt, "schedule"):
             rt.state.open_pages(rows, positions)

@@ -32,6 +32,54 @@ class Victims(NamedTuple):
     page: torch.Tensor  # [n] int64 logical page index to evict, or EMPTY
 
 
+class RowSnapshot(NamedTuple):
+    """One row's state, kept across a retraction so the request resumes with the same pages, stamps and holes
+    (`RaasState.snapshot` / `restore`). Tensors are copies, [L] each."""
+
+    pages: torch.Tensor  # [L] int64
+    stamp: torch.Tensor  # [L] int64
+    score: torch.Tensor  # [L] float32
+    policy: int
+    count: int
+    pin_len: int
+    step: int
+    evicted: int
+    limit: int
+
+
+def hole_pages(resident: list[int], first_decode_page: int, upto_page: int | None = None) -> list[int]:
+    """Evicted decode pages, ascending: pages are opened in order and the newest is never evicted, so the holes are
+    the non-resident pages from the first decode page up to the newest resident one (and below `upto_page`)."""
+    newest = max(resident) if resident else first_decode_page - 1
+    last = newest + 1 if upto_page is None else min(upto_page, newest + 1)
+    kept = set(resident)
+    return [p for p in range(first_decode_page, last) if p not in kept]
+
+
+def reprefill_runs(pin_len: int, page_size: int, holes: list[int], n_tokens: int) -> list[tuple[int, int]]:
+    """The token ranges a retracted request recomputes to resume with its kept pages: [0, n_tokens) minus its
+    hole pages, ascending, as maximal runs; the last run is split where position `n_tokens - 1` opens a decode page
+    (that page opens, and may evict, as it would in a decode step). `holes` = logical page indices, ascending.
+
+    >>> reprefill_runs(40, 16, [4, 5, 7], 150)
+    [(0, 64), (96, 112), (128, 150)]
+    """
+    runs, start = [], 0
+    for p in holes:
+        lo, hi = p * page_size, (p + 1) * page_size
+        if lo > start:
+            runs.append((start, lo))
+        start = max(start, hi)
+    if start < n_tokens:
+        runs.append((start, n_tokens))
+    last = n_tokens - 1
+    first_decode = -(-pin_len // page_size) * page_size
+    if runs and last % page_size == 0 and last >= first_decode and runs[-1][0] < last:
+        lo, hi = runs.pop()
+        runs += [(lo, last), (last, hi)]
+    return runs
+
+
 class RaasState:
     """Batched per-row state of the budgeted KV policies; each row runs one policy of `policies` (or is dense).
 
@@ -94,6 +142,18 @@ class RaasState:
         self.step[row] = 0
         self.evicted[row] = 0
         self.limit[row] = self.L
+
+    def snapshot(self, row: int) -> RowSnapshot:
+        """A copy of `row`'s state (see `RowSnapshot`)."""
+        return RowSnapshot(self.pages[row].clone(), self.stamp[row].clone(), self.score[row].clone(),
+                           int(self.policy[row]), int(self.count[row]), int(self.pin_len[row]), int(self.step[row]),
+                           int(self.evicted[row]), int(self.limit[row]))
+
+    def restore(self, row: int, snap: RowSnapshot) -> None:
+        """Put a snapshot back, on `row` (a retracted request resumes on whatever row it gets)."""
+        self.pages[row], self.stamp[row], self.score[row] = snap.pages, snap.stamp, snap.score
+        self.policy[row], self.count[row], self.pin_len[row] = snap.policy, snap.count, snap.pin_len
+        self.step[row], self.evicted[row], self.limit[row] = snap.step, snap.evicted, snap.limit
 
     def first_decode_page(self, rows: torch.Tensor) -> torch.Tensor:
         """[n] int64: ceil(pin_len / page_size) for each row."""
@@ -196,10 +256,7 @@ class RaasState:
         if int(self.evicted[row]) == 0:
             return []
         first = int(self.first_decode_page(torch.tensor([row], device=self.device))[0])
-        resident = set(self.resident_pages(row))
-        newest = max(resident) if resident else first - 1
-        last = -(-upto_tokens // self.page_size)
-        return [p for p in range(first, min(last, newest + 1)) if p not in resident]
+        return hole_pages(self.resident_pages(row), first, -(-upto_tokens // self.page_size))
 
     def first_hole(self, row: int, seq_len: int) -> int:
         """The first logical token position whose KV slot was evicted, or `seq_len` if none: the radix tree may

@@ -173,6 +173,13 @@ def _above_one(attr: str) -> Callable[[Startup], bool]:
     return lambda s: (arg(s.view, attr) or 1) > 1
 
 
+def _full_prefill_graphs(s: Startup) -> bool:
+    """A fully captured prefill graph replays extend attention without the plugin's hooks (the hole-skipping re-prefill
+    of a retracted request, the Quest key-bound folding). NOTE: `breakable` (SGLang's default on CUDA) runs
+    attention eagerly between captured pieces, with the hooks."""
+    return str(arg(s.view, "cuda_graph_config.prefill.backend")) == "full"
+
+
 def _decode_graphs(s: Startup) -> bool:
     backend = arg(s.view, "cuda_graph_config.decode.backend")
     return str(backend) not in ("disabled", "None") and str(arg(s.view, "device")) != "cpu"
@@ -243,6 +250,9 @@ STARTUP = (
             _set("enable_torch_compile")),
     Refusal("startup.cuda-graph-decode", "CUDA graphs for decode on a non-CPU device (SGLang's default on CUDA)",
             "CUDA graphs for decode; add --cuda-graph-backend-decode=disabled", _decode_graphs),
+    Refusal("startup.cuda-graph-prefill-full", "fully captured CUDA graphs for prefill (`--cuda-graph-backend-prefill "
+            "full`)", "fully captured CUDA graphs for prefill (replayed extends skip the RaaS attention hooks); use "
+            "--cuda-graph-backend-prefill=breakable or disabled", _full_prefill_graphs),
     # options that change how the radix tree is filled, how rows are freed, how batches overlap or where requests
     # are validated: refused until tested with evictions (then they move to ALLOWED)
     Refusal("startup.flexkv", "`--enable-flexkv`",

@@ -42,33 +42,46 @@ def hf_logprobs(model, ids: list[int], allowed: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits.float(), dim=-1)
 
 
-def kept_mask(total: int, trace: list, window: tuple[int, int, int] | None = None) -> torch.Tensor:
+def kept_mask(total: int, trace: list, window: tuple[int, int, int] | None = None, epoch: tuple[int, int] = (0, 0)
+              ) -> torch.Tensor:
     """[T, T] bool: query i sees key j iff j <= i and j was not evicted at or before the step writing i.
 
     `window` = (prompt_end, sink, window_tokens) for the streaming policy: the query at position i >= prompt_end
     also skips pinned positions [sink, i + 1 - window_tokens) (its prompt falls out of the recent window).
+    `epoch` = (start, k) after a retraction (`meta_info.raas.reprefills`): the first k trace entries are holes for
+    every row (the re-prefill skipped them), and the window applies only from `start` on (re-prefilled rows see
+    the whole prompt).
     """
+    start, k = epoch
     mask = torch.tril(torch.ones(total, total, dtype=torch.bool))
-    for pos, lo, hi in trace:
-        mask[pos:, lo:hi] = False
+    for n, (pos, lo, hi) in enumerate(trace):
+        mask[0 if n < k else pos :, lo:hi] = False
     if window is not None:
         prompt_end, sink, width = window
-        for i in range(prompt_end, total):
+        for i in range(max(prompt_end, start), total):
             mask[i, sink : max(sink, min(prompt_end, i + 1 - width))] = False
     return mask
-
 
 
 def masked_reference_error(model, prompt: list[int], out: dict, dense: bool = False, window=None) -> float:
     """Max |server log-prob - reference log-prob| over the output tokens; the reference attends to exactly the
     positions the server kept (from `meta_info.raas.trace`, and `window`: see `kept_mask`), or to everything with
-    `dense`."""
+    `dense`. A request resumed after retractions (`meta_info.raas.reprefills`) is checked one epoch at a time: the
+    tokens decoded after each resumption against a forward that replays that re-prefill's masks."""
     ids = prompt + out["output_ids"]
-    trace = [] if dense else out["meta_info"]["raas"]["trace"]
-    lp = hf_logprobs(model, ids, kept_mask(len(ids), trace, None if dense else window))
-    ref = lp[len(prompt) - 1 : -1].gather(1, torch.tensor(out["output_ids"])[:, None]).squeeze(1)
+    raas = {} if dense else out["meta_info"]["raas"]
+    trace = raas.get("trace", [])
+    epochs = [(len(prompt), 0), *[tuple(e) for e in raas.get("reprefills", [])]]
     got = torch.tensor([x[0] for x in out["meta_info"]["output_token_logprobs"]])
-    return (got - ref).abs().max().item()
+    tokens = torch.tensor(out["output_ids"])
+    err = 0.0
+    for e, (start, k) in enumerate(epochs):
+        end = epochs[e + 1][0] if e + 1 < len(epochs) else len(ids)
+        lp = hf_logprobs(model, ids, kept_mask(len(ids), trace, None if dense else window, (start, k)))
+        a, b = start - len(prompt), end - len(prompt)  # output tokens of this epoch
+        ref = lp[start - 1 : end - 1].gather(1, tokens[a:b, None]).squeeze(1)
+        err = max(err, (got[a:b] - ref).abs().max().item())
+    return err
 
 
 def policy_state(num_rows: int, budget_pages: int, page_size: int, ratio: float = 0.5, threshold: float | None = None,

@@ -15,13 +15,17 @@ from raas_sglang.dev.toy_reasoner import MODEL_DIR
 pytestmark = pytest.mark.skipif(not (MODEL_DIR / "model.safetensors").exists(), reason="toy reasoner not built")
 
 
-def test_boxed_and_normalize():
-    assert accuracy.boxed(r"so \boxed{\frac{1}{2}} and then \boxed{ \dfrac{3}{4} }.") == r" \dfrac{3}{4} "
-    assert accuracy.normalize(r" \dfrac{3}{4} ") == r"\frac{3}{4}"
-    assert accuracy.normalize(r"$\left( 1, 2 \right)$.") == "(1,2)"
-    assert accuracy.normalize(r"\text{(B)}") == "(B)"
-    assert accuracy.boxed("no box") is None and accuracy.boxed(r"\boxed{unclosed") is None
-    assert accuracy.extractor(r"regex:=[A-Z](\d)")("000a1 =F7") == "7"
+def test_answers_checked_with_math_verify():
+    assert accuracy.correct(r"first 1/2, then \boxed{ \dfrac{3}{4} }.", r"\frac{3}{4}")
+    assert accuracy.correct(r"the answer is \boxed{0.75}", "3/4")  # symbolic, not string, equality
+    assert not accuracy.correct(r"the answer is \boxed{0.7}", "3/4")
+    assert accuracy.correct(r"thus \boxed{(1, 2)}", r"$\left( 1, 2 \right)$")
+    assert not accuracy.correct("no answer here at all", "12")
+    assert accuracy.extractor("auto") is None
+    get = accuracy.extractor(r"regex:=[A-Z](\d)")
+    assert get("000a1 =F7") == "7" and accuracy.correct("000a1 =F7", "7", get) and not accuracy.correct("=F3", "7", get)
+    letter = accuracy.extractor(r"regex:answer is \(?([A-D])")
+    assert accuracy.correct("so the answer is (B).", "B", letter) and not accuracy.correct("answer is C", "B", letter)
 
 
 @pytest.fixture(scope="module")
