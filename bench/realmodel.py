@@ -140,45 +140,52 @@ def cells(grid: dict[str, list[int]]) -> list[tuple[str, int | None]]:
     return [("dense", None)] + [(p, b) for p, budgets in grid.items() for b in budgets]
 
 
-def teacher_forced(server, texts: list[Text], grid, tokens: int, check_texts: int, workers: int) -> dict:
-    """(policy, budget) -> per-text mean NLL of the forced tokens (a cell whose budget holds the whole text runs on
-    the first `check_texts` texts only: it must equal dense)."""
-    jobs = [((p, b, t.key), request(t.prompt, t.force, **custom(p, b))) for i, t in enumerate(texts) for p, b in grid
+def teacher_forced_jobs(texts: list[Text], grid, tokens: int, check_texts: int) -> list:
+    """One forced request per text and cell (a cell whose budget holds the whole text runs on the first
+    `check_texts` texts only: it must equal dense)."""
+    return [((p, b), request(t.prompt, t.force, **custom(p, b))) for i, t in enumerate(texts) for p, b in grid
             if b is None or b < tokens or i < check_texts]
-    outs = run_all(server, jobs, "teacher-forced", workers)
+
+
+def nll_by_cell(jobs, outs) -> dict:
+    """(policy, budget) -> per-text mean NLL of the forced tokens."""
     nll: dict = {}
-    for ((p, b, _), _), out in zip(jobs, outs):
+    for (cell, _), out in zip(jobs, outs):
         lp = out["meta_info"][KEY]
         assert len(lp) == len(out["output_ids"]), "a forced token has no recorded log-prob"
-        nll.setdefault((p, b), []).append(-statistics.fmean(lp))
+        nll.setdefault(cell, []).append(-statistics.fmean(lp))
     return nll
 
 
-def free_generation(server, prompts: list[list[int]], grid, tokens: int, workers: int) -> dict:
-    """(policy, budget) -> list of output ids per prompt (greedy, `min_new_tokens` = `tokens`)."""
-    def body(ids, p, b):
-        return {"input_ids": ids, "sampling_params": {"max_new_tokens": tokens, "min_new_tokens": tokens,
-                                                      "temperature": 0, "custom_params": custom(p, b)}}
-    jobs = [((p, b), body(ids, p, b)) for ids in prompts for p, b in grid]
-    outs = run_all(server, jobs, "free generation", workers)
+def free_jobs(prompts: list[list[int]], grid, tokens: int) -> list:
+    """Greedy continuations with `min_new_tokens` = `tokens`, one per prompt and cell."""
+    return [((p, b), {"input_ids": ids, "sampling_params": {"max_new_tokens": tokens, "min_new_tokens": tokens,
+                                                            "temperature": 0, "custom_params": custom(p, b)}})
+            for ids in prompts for p, b in grid]
+
+
+def outputs_by_cell(jobs, outs) -> dict:
+    """(policy, budget) -> the output ids of each prompt, in prompt order."""
     gen: dict = {}
-    for ((cell), _), out in zip(jobs, outs):
+    for (cell, _), out in zip(jobs, outs):
         gen.setdefault(cell, []).append(out["output_ids"])
     return gen
 
 
-def answers(server, tok, problems, grid, max_tokens: int, workers: int) -> dict:
-    """(policy, budget) -> [correct?] per problem, checked with math-verify as bench.accuracy does (EOS allowed)."""
+def answer_jobs(tok, problems, grid, max_tokens: int) -> list:
+    """GSM8K problems answered greedily, EOS allowed, one per problem and cell."""
+    return [((p, b), {"input_ids": chat(tok, q + GSM_SUFFIX), "sampling_params": {
+        "max_new_tokens": max_tokens, "temperature": 0, "custom_params": custom(p, b)}})
+        for q, _ in problems for p, b in grid]
+
+
+def right_by_cell(jobs, outs, problems, cells_per_problem: int) -> dict:
+    """(policy, budget) -> [correct?] per problem, checked with math-verify as bench.accuracy does."""
     from bench.accuracy import correct
 
-    prompts = [chat(tok, q + GSM_SUFFIX) for q, _ in problems]
-    jobs = [((p, b, i), {"input_ids": ids, "sampling_params": {"max_new_tokens": max_tokens, "temperature": 0,
-                                                                "custom_params": custom(p, b)}})
-            for i, ids in enumerate(prompts) for p, b in grid]
-    outs = run_all(server, jobs, "answers", workers)
     right: dict = {}
-    for ((p, b, i), _), out in zip(jobs, outs):
-        right.setdefault((p, b), []).append(correct(out["text"], problems[i][1]))
+    for n, ((cell, _), out) in enumerate(zip(jobs, outs)):
+        right.setdefault(cell, []).append(correct(out["text"], problems[n // cells_per_problem][1]))
     return right
 
 
@@ -236,7 +243,7 @@ def write_csv_and_plots(path: Path, rows: list[dict], policies) -> None:
         w.writeheader()
         w.writerows(rows)
     dense = next(r for r in rows if r["policy"] == "dense")
-    for metric, label, suffix in (("nll", "mean NLL of the forced tokens (nats)", "nll"),
+    for metric, label, suffix in (("nll_increase", "NLL increase over dense, paired by text (nats)", "nll"),
                                   ("first_divergence", "first token differing from dense", "divergence")):
         series = {}
         for p in policies:
@@ -288,10 +295,14 @@ def main(argv=None) -> int:
     top = max([b for _, b in tf_grid + free_grid + ans_grid if b is not None], default=256)
     failed = []
     with raas_server(top, pool, extra=extra, model=model) as server:
-        nll = teacher_forced(server, texts, tf_grid, args.tokens, args.check_texts, args.workers)
-        free = [chat(tok, q + GSM_SUFFIX) for q, _ in gsm[: args.free_prompts]]
-        gen = free_generation(server, free, free_grid, args.free_tokens, args.workers) if free else {}
-        right = answers(server, tok, gsm[: args.answer_problems], ans_grid, args.answer_tokens, args.workers)
+        # NOTE: one pool for every request, the long free generations first, so no phase runs as a thin tail
+        free = free_jobs([chat(tok, q + GSM_SUFFIX) for q, _ in gsm[: args.free_prompts]], free_grid, args.free_tokens)
+        forced = teacher_forced_jobs(texts, tf_grid, args.tokens, args.check_texts)
+        asked = answer_jobs(tok, gsm[: args.answer_problems], ans_grid, args.answer_tokens)
+        outs = run_all(server, free + forced + asked, "requests", args.workers)
+        gen = outputs_by_cell(free, outs[: len(free)])
+        nll = nll_by_cell(forced, outs[len(free) : len(free) + len(forced)])
+        right = right_by_cell(asked, outs[len(free) + len(forced) :], gsm, len(ans_grid))
         if not leak_free(server):
             failed.append("the pool leaked: free + evictable != pool after the run")
     rows = summarize(nll, gen, right, tf_grid)
