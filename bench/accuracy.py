@@ -56,7 +56,8 @@ def _plain(s: str) -> str:
 
 
 def correct(text: str, gold: str, get=None) -> bool:
-    """Is the completion `text` right against the reference `gold`? (math-verify; see the module docstring)."""
+    """Is the completion `text` right against the reference `gold`? (math-verify; see the module docstring).
+    NOTE: main thread only: math-verify's parse/verify time out through signal.alarm (they raise in a thread)."""
     from math_verify import parse, verify
 
     pred = text if get is None else get(text)
@@ -144,10 +145,11 @@ def main(argv=None) -> int:
             done[0] += 1
             if done[0] % max(1, len(jobs) // 10) == 0:
                 print(f"  budget {budget}: {done[0]}/{len(jobs)} samples", file=sys.stderr, flush=True)
-            return i, correct(text, rows[i]["answer"], get), tokens
+            return i, text, tokens
 
         with ThreadPoolExecutor(args.workers) as pool:
-            outs = list(pool.map(one, jobs))
+            texts = list(pool.map(one, jobs))
+        outs = [(i, correct(text, rows[i]["answer"], get), tokens) for i, text, tokens in texts]  # main thread
         per_problem = [statistics.mean(ok for i, ok, _ in outs if i == j) for j in range(len(rows))]
         results.append({
             "budget": budget,
