@@ -99,7 +99,7 @@ def _first_run_end(rt: runtime.Runtime, req) -> int | None:
     if snap is None:
         return None
     ps, n = rt.config.page_size, len(req.full_untruncated_fill_ids)
-    holes = hole_pages(snap.pages[snap.pages >= 0].tolist(), -(-snap.pin_len // ps))
+    holes = _holes_of(snap, ps)
     end = reprefill_runs(snap.pin_len, ps, holes, n)[0][1]
     if not holes or holes[-1] * ps + ps > n or end >= n:
         req.raas_carry.snapshot = None
@@ -112,8 +112,12 @@ def skipped_tokens(rt: runtime.Runtime, req) -> int:
     snap = _snapshot_of(req)
     if snap is None:
         return 0
-    ps = rt.config.page_size
-    return ps * len(hole_pages(snap.pages[snap.pages >= 0].tolist(), -(-snap.pin_len // ps)))
+    return rt.config.page_size * len(_holes_of(snap, rt.config.page_size))
+
+
+def _holes_of(snap, ps: int) -> list[int]:
+    """A snapshot's hole pages (`core.hole_pages` over its resident pages)."""
+    return hole_pages(snap.pages[snap.pages >= 0].tolist(), -(-snap.pin_len // ps))
 
 
 def add_one_req_ignore_eos(orig, self, req, *args, **kwargs):
