@@ -10,7 +10,8 @@ random number of chunks; or a deliberate bad request from the bad-input table (i
 After draining and flushing the cache: every slot is free again (`leaked_slots`), the server log holds no
 invariant violation (SGLang's strict checks raise into the log and kill the scheduler), and the server still
 answers. Fields: requests, errors (unexpected only), bad_requests_rejected, aborted, evicted_pages,
-retractions, radix_hit_requests, leaked_slots, invariant_violations.
+retractions, bounded_reprefills (resumptions of a request with evicted pages that recomputed only its pinned prompt
+and kept pages), radix_hit_requests, leaked_slots, invariant_violations.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class Tally:
     aborted: int = 0
     evicted_pages: int = 0
     retractions: int = 0
+    bounded_reprefills: int = 0
     radix_hit_requests: int = 0
     leaked_slots: int = 0
     invariant_violations: int = 0
@@ -126,6 +128,7 @@ class Soak:
         with self.lock:
             self.tally.evicted_pages += (meta.get("raas") or {}).get("evicted_pages", 0)
             self.tally.retractions += meta.get("num_retractions", 0) or 0
+            self.tally.bounded_reprefills += (meta.get("raas") or {}).get("bounded_reprefills", 0)
             self.tally.radix_hit_requests += int((meta.get("cached_tokens") or 0) > 0)
 
     def _bad(self, plan: dict) -> None:

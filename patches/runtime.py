@@ -218,6 +218,8 @@ class Runtime:
             "budget_tokens": int(self.state.limit[row]) * self.config.page_size if info.raas else None,
             "evicted_pages": info.evicted_before + int(self.state.evicted[row]),
             "peak_kv_tokens": info.peak_kv_tokens,
+            # resumptions after a retraction that recomputed only the pinned prompt and the kept pages (I4 held)
+            "bounded_reprefills": len(info.reprefills),
         }
         if info.trace:
             out["trace"] = info.trace_steps
