@@ -5,9 +5,10 @@ These also prove the plugin loads: SGLang only logs plugin load errors, so a mis
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +16,7 @@ from bad_inputs import BASE_VIEW, FLAGS
 from raas_sglang.cpu_env import has_cuda, launch_env
 
 LAUNCH = [sys.executable, "-m", "sglang.launch_server"]
+PRELOADED = Path(__file__).with_name("preloaded_launch.py")
 CPU = [] if has_cuda() else ["--device", "cpu", "--dtype", "float32"]
 
 BAD = FLAGS  # the launch cases of the bad-input table: name -> (extra flags, message)
@@ -28,12 +30,16 @@ def _run(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def refusals(model_dir):
-    """Run every bad launch at once (each costs an SGLang import, ~5 s)."""
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        futures = {
-            name: pool.submit(_run, ["--model-path", str(model_dir), *CPU, *args]) for name, (args, _) in BAD.items()
-        }
-        return {name: f.result() for name, f in futures.items()}
+    """Run every bad launch. Each is `python -m sglang.launch_server` run as `__main__` in a process forked from one
+    that imported SGLang once (tests/preloaded_launch.py): a cold launch spends ~6 s importing on 2 cores, and the
+    cold path itself is tested by test_help_lists_raas_flags and test_one_refusal_cold."""
+    spec = {"cases": {name: ["--model-path", str(model_dir), *CPU, *args] for name, (args, _) in BAD.items()},
+            "timeout": 120}
+    proc = subprocess.run([sys.executable, str(PRELOADED)], input=json.dumps(spec), env=launch_env(),
+                          capture_output=True, text=True, timeout=600, start_new_session=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {name: subprocess.CompletedProcess([], r["returncode"], r["stdout"], r["stderr"])
+            for name, r in json.loads(proc.stdout).items()}
 
 
 def test_help_lists_raas_flags():
@@ -51,6 +57,14 @@ def test_bad_value_refused_at_startup(refusals, case):
     assert proc.returncode != 0
     matching = [line for line in proc.stderr.splitlines() if expected in line]
     assert len(matching) == 1 and matching[0].startswith("error: " + expected), proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+
+
+def test_one_refusal_cold(model_dir):
+    """One bad launch as a user runs it, in a fresh interpreter: the same refusal as the forked runs see."""
+    args, expected = BAD["raas-with-fa3"]  # refused after resolution, the latest point of any launch case
+    proc = _run(["--model-path", str(model_dir), *CPU, *args])
+    assert proc.returncode != 0 and ("error: " + expected) in proc.stderr, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
 
 

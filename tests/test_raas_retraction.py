@@ -15,11 +15,14 @@ from conftest import STRICT_ENV, serve
 from raas_helpers import bound, flush, gen, hf_logprobs, masked_reference_error
 
 
-@pytest.fixture(scope="module")
-def server(model_dir, tmp_path_factory):
+# SGLang's default chunked prefill (a resumption's runs are chunks), and chunked prefill off (slow: one more server)
+@pytest.fixture(scope="module", params=[pytest.param((), id="chunked"),
+                                        pytest.param(("--chunked-prefill-size", "-1"), id="unchunked",
+                                                     marks=pytest.mark.slow)])
+def server(model_dir, tmp_path_factory, request):
     env = {**STRICT_ENV, "SGLANG_TEST_RETRACT": "1", "SGLANG_TEST_RETRACT_INTERVAL": "37"}
     srv = serve(
-        model_dir, "--kv-policy", "raas", "--raas-budget", "256", "--enable-metrics",
+        model_dir, "--kv-policy", "raas", "--raas-budget", "256", "--enable-metrics", *request.param,
         tmp=tmp_path_factory.mktemp("retract"), env=env,
     )
     yield srv
