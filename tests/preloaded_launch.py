@@ -3,10 +3,11 @@ import once: this process imports what every launch imports, then forks once per
 `sglang.launch_server` as `__main__` in the child (the stock code path: plugins load, arguments parse and resolve
 there, as in a cold `python -m` run). A cold launch costs ~6 s of imports on 2 cores; a forked one well under 1 s.
 
-    python tests/preloaded_launch.py < cases.json > results.json
+    python tests/preloaded_launch.py results.json < cases.json
 
-stdin: `{"cases": {name: [argv...]}, "timeout": seconds, "parallel": children at once}`; stdout: `{name: {"returncode": int, "stdout": str,
-"stderr": str}}` (returncode -9 when the child ran past the timeout and was killed).
+stdin: `{"cases": {name: [argv...]}, "timeout": seconds per case, "parallel": children at once}`; results.json:
+`{name: {"returncode": int, "stdout": str, "stderr": str}}` (returncode -9: the child ran past its timeout and was
+killed with its process group).
 NOTE: only for launches that refuse before starting any server: a child that gets further would start one.
 """
 
@@ -27,25 +28,26 @@ import sglang.srt.entrypoints.http_server  # noqa: F401
 
 def _child(argv: list[str], out_fd: int, err_fd: int) -> None:
     """In the forked child: run the launcher as `python -m sglang.launch_server *argv` would; never returns."""
-    os.dup2(out_fd, 1)
-    os.dup2(err_fd, 2)
-    os.setsid()  # its own process group, as the tests start servers
-    sys.argv = [sglang.launch_server.__file__, *argv]
-    code = 0
+    code = 1
     try:
+        os.dup2(out_fd, 1)
+        os.dup2(err_fd, 2)
+        os.setsid()  # its own process group: a launch that got further is killed with all it started
+        sys.argv = [sglang.launch_server.__file__, *argv]
+        sys.modules.pop("sglang.launch_server", None)  # as `python -m` (runpy warns about a module already loaded)
         runpy.run_module("sglang.launch_server", run_name="__main__", alter_sys=True)
+        code = 0
     except SystemExit as stop:  # what the interpreter does with it at exit
         if stop.code is None or isinstance(stop.code, int):
             code = stop.code or 0
         else:
             print(stop.code, file=sys.stderr)
-            code = 1
     except BaseException:  # noqa: BLE001 - an uncaught error: the traceback the interpreter would print
         traceback.print_exc()
-        code = 1
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 class _Running:
@@ -90,7 +92,9 @@ def run_all(cases: dict[str, list[str]], timeout: float, parallel: int) -> dict[
 
 def main() -> None:
     spec = json.load(sys.stdin)
-    json.dump(run_all(spec["cases"], spec.get("timeout", 120), spec.get("parallel", 2)), sys.stdout)
+    results = run_all(spec["cases"], spec.get("timeout", 60), spec.get("parallel", 2))
+    with open(sys.argv[1], "w") as out:
+        json.dump(results, out)
 
 
 if __name__ == "__main__":

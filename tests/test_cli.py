@@ -6,6 +6,8 @@ These also prove the plugin loads: SGLang only logs plugin load errors, so a mis
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -23,23 +25,34 @@ BAD = FLAGS  # the launch cases of the bad-input table: name -> (extra flags, me
 
 
 def _run(args: list[str], timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        LAUNCH + args, env=launch_env(), capture_output=True, text=True, timeout=timeout, start_new_session=True
-    )
+    """A cold `python -m sglang.launch_server *args` in its own process group (killed whole on a timeout)."""
+    proc = subprocess.Popen(LAUNCH + args, env=launch_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 @pytest.fixture(scope="module")
-def refusals(model_dir):
+def refusals(model_dir, tmp_path_factory):
     """Run every bad launch. Each is `python -m sglang.launch_server` run as `__main__` in a process forked from one
     that imported SGLang once (tests/preloaded_launch.py): a cold launch spends ~6 s importing on 2 cores, and the
     cold path itself is tested by test_help_lists_raas_flags and test_one_refusal_cold."""
+    per_case, parallel = 60, 2  # a forked refusal takes ~1 s; one that starts a server is killed at 60 s
     spec = {"cases": {name: ["--model-path", str(model_dir), *CPU, *args] for name, (args, _) in BAD.items()},
-            "timeout": 120}
-    proc = subprocess.run([sys.executable, str(PRELOADED)], input=json.dumps(spec), env=launch_env(),
-                          capture_output=True, text=True, timeout=600, start_new_session=True)
+            "timeout": per_case, "parallel": parallel}
+    results = tmp_path_factory.mktemp("refusals") / "results.json"
+    # NOTE: the runner kills each child's process group at its timeout; its own limit leaves room for all of them
+    proc = subprocess.run([sys.executable, str(PRELOADED), str(results)], input=json.dumps(spec), env=launch_env(),
+                          capture_output=True, text=True, start_new_session=True,
+                          timeout=-(-len(BAD) // parallel) * per_case + 120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return {name: subprocess.CompletedProcess([], r["returncode"], r["stdout"], r["stderr"])
-            for name, r in json.loads(proc.stdout).items()}
+            for name, r in json.loads(results.read_text()).items()}
 
 
 def test_help_lists_raas_flags():

