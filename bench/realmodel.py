@@ -173,19 +173,19 @@ def outputs_by_cell(jobs, outs) -> dict:
 
 
 def answer_jobs(tok, problems, grid, max_tokens: int) -> list:
-    """GSM8K problems answered greedily, EOS allowed, one per problem and cell."""
-    return [((p, b), {"input_ids": chat(tok, q + GSM_SUFFIX), "sampling_params": {
+    """GSM8K problems answered greedily, EOS allowed, one per problem and cell; each key is (cell, reference answer)."""
+    return [(((p, b), gold), {"input_ids": chat(tok, q + GSM_SUFFIX), "sampling_params": {
         "max_new_tokens": max_tokens, "temperature": 0, "custom_params": custom(p, b)}})
-        for q, _ in problems for p, b in grid]
+        for q, gold in problems for p, b in grid]
 
 
-def right_by_cell(jobs, outs, problems, cells_per_problem: int) -> dict:
+def right_by_cell(jobs, outs) -> dict:
     """(policy, budget) -> [correct?] per problem, checked with math-verify as bench.accuracy does."""
     from bench.accuracy import correct
 
     right: dict = {}
-    for n, ((cell, _), out) in enumerate(zip(jobs, outs)):
-        right.setdefault(cell, []).append(correct(out["text"], problems[n // cells_per_problem][1]))
+    for ((cell, gold), _), out in zip(jobs, outs):
+        right.setdefault(cell, []).append(correct(out["text"], gold))
     return right
 
 
@@ -302,7 +302,7 @@ def main(argv=None) -> int:
         outs = run_all(server, free + forced + asked, "requests", args.workers)
         gen = outputs_by_cell(free, outs[: len(free)])
         nll = nll_by_cell(forced, outs[len(free) : len(free) + len(forced)])
-        right = right_by_cell(asked, outs[len(free) + len(forced) :], gsm, len(ans_grid))
+        right = right_by_cell(asked, outs[len(free) + len(forced) :])
         if not leak_free(server):
             failed.append("the pool leaked: free + evictable != pool after the run")
     rows = summarize(nll, gen, right, tf_grid)
