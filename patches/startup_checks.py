@@ -7,7 +7,8 @@ Upstream symbols hooked (sglang 0.5.23, `sglang/srt/server_args.py`):
   before any child process starts. It evaluates the startup rows of the refusal registry
   (`raas_sglang/refusals.py`: the `flag.*` rows that need the resolved server, then the `startup.*` rows) over
   SGLang's resolved view (`sglang.srt.arg_groups.overrides.resolving_view`), the record's `RaasConfig` and the
-  model config (`sglang.srt.arg_groups.model_override_base.model_config_of`), and refuses with one line: the CLI
+  model config (`sglang.srt.arg_groups.model_override_base.model_config_of`) with SGLang's own hybrid
+  linear-attention test (`sglang.srt.configs.hybrid_arch.mambaish_config`), and refuses with one line: the CLI
   launcher exits (`SystemExit`, `error: ...`, no traceback), `sgl.Engine` raises `ConfigError`.
   A server that may start gets `tp_size` set on its config, and `exact_kernel` when it decodes on triton with
   `--raas-score exact`.
@@ -33,6 +34,18 @@ def _model_config(server_args):
     return model_config_of(server_args)
 
 
+def _linear_attention(model) -> bool:
+    """Whether SGLang builds linear-attention / state-space layers for this model (its own registry decides)."""
+    if model is None:
+        return False
+    try:
+        from sglang.srt.configs.hybrid_arch import mambaish_config
+    except ImportError as err:
+        raise VersionMismatch(f"raas_sglang: SGLang has no mambaish_config ({err}; is this SGLang 0.5.23?); "
+                              "refusing to start without the model checks") from None
+    return mambaish_config(model) is not None
+
+
 def check_server_args(result, self, *args, **kwargs):
     """AFTER hook on `ServerArgs.check_server_args`."""
     config = config_of(self)
@@ -41,7 +54,8 @@ def check_server_args(result, self, *args, **kwargs):
     from sglang.srt.arg_groups.overrides import resolving_view
 
     view = resolving_view(self)
-    refused = startup_refusal(Startup(view, config, _model_config(self)))
+    model = _model_config(self)
+    refused = startup_refusal(Startup(view, config, model, _linear_attention(model)))
     if refused is not None:
         _refuse(self, refused[1])
     exact_kernel = config.score == "exact" and (view.decode_attention_backend or view.attention_backend) == "triton"

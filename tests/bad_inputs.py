@@ -28,6 +28,35 @@ class Launch(NamedTuple):
     message: str
 
 
+class ModelLaunch(NamedTuple):
+    """The stock launcher on a tiny model of `family` (raas_sglang.dev.family_models) with these flags: refused at
+    startup (a `startup` row, before any child starts) or once the model loaded (a `loaded` row: the scheduler
+    stops and the launch fails with the message in its log). Run by tests/test_model_matrix.py."""
+
+    name: str
+    row: str
+    family: str
+    argv: list[str]
+    message: str
+
+
+class Built(NamedTuple):
+    """A `loaded` row checked on what SGLang builds, in-process (tests/test_model_checks.py): real `RadixAttention`
+    layers made with these keyword arguments (under a module holding sink logits with `sinks`), the names of an
+    SGLang KV pool and allocator class (checked to exist), the allocator's page size, and the RaaS flags."""
+
+    name: str
+    row: str
+    message: str
+    layers: tuple = ({},)  # RadixAttention kwargs changed from BASE_LAYER
+    pool: str = "MHATokenToKVPool"
+    allocator: str = "PagedTokenToKVPoolAllocator"
+    page_size: int = 16
+    sinks: bool = False
+    flags: dict[str, Any] = {"kv_policy": "raas"}
+    exact_kernel: bool = False
+
+
 class Request(NamedTuple):
     name: str
     row: str
@@ -61,9 +90,12 @@ BASE_VIEW = {
     "cuda_graph_config.decode.backend": "disabled", "cuda_graph_config.prefill.backend": "disabled", "device": "cpu",
     "enable_flexkv": False, "radix_cache_backend": None, "enable_lmcache": False, "enable_session_radix_cache": False,
     "strip_thinking_cache": False, "enable_two_batch_overlap": False, "enable_single_batch_overlap": False,
-    "tokenizer_worker_num": 1,
+    "tokenizer_worker_num": 1, "page_size": 16, "kv_cache_dtype": "auto",
 }
-BASE_MODEL = {"context_len": 32768, "attention_arch": "MHA", "is_hybrid_swa": False, "is_encoder_decoder": False}
+# the RadixAttention of a Built case's layer: 4 query heads, 2 KV heads, head dim 16 (the family models' shape)
+BASE_LAYER = {"num_heads": 4, "head_dim": 16, "scaling": 0.25, "num_kv_heads": 2, "layer_id": 0}
+BASE_MODEL = {"context_len": 32768, "attention_arch": "MHA", "is_hybrid_swa": False, "is_encoder_decoder": False,
+              "attention_chunk_size": None}
 
 _RAAS = ["--kv-policy", "raas"]
 _POOL = ["--max-total-tokens", "4096"]
@@ -171,10 +203,38 @@ CASES = (
              {"device": "cuda", "cuda_graph_config.prefill.backend": "full"},
              _UNSUPPORTED + "fully captured CUDA graphs for prefill (replayed extends skip the RaaS attention hooks); "
              "use --cuda-graph-backend-prefill=breakable or disabled"),
-    Resolved("mla-model", "startup.mla-model", {}, _UNSUPPORTED + "MLA/DSA models (RaaS pages per-head KV)",
-             model={"attention_arch": "MLA"}),
-    Resolved("sliding-window-model", "startup.sliding-window-model", {},
-             _UNSUPPORTED + "sliding-window or chunked-attention models", model={"is_hybrid_swa": True}),
+    Resolved("page-size-changed", "startup.page-size", {"page_size": 64},
+             _UNSUPPORTED + "a page size of 64 tokens (SGLang changed it after RaaS fixed 16"),
+    Launch("fp8-kv-torch-native", "startup.fp8-kv-torch-native", [*_RAAS, "--kv-cache-dtype", "fp8_e4m3", *_POOL],
+           _UNSUPPORTED + "an fp8 KV cache on torch_native"),
+    # the model matrix (docs/models.md): tiny models of each family, built with transformers' own config classes
+    ModelLaunch("deepseek-v2", "startup.mla-model", "deepseek-v2", [*_RAAS, *_POOL],
+                _UNSUPPORTED + "MLA/DSA models (RaaS pages per-head KV)"),
+    # (SGLang's CPU engine needs its Mamba cache without snapshots for this family: no_buffer, page 1)
+    ModelLaunch("qwen3-next", "startup.linear-attention-model", "qwen3-next",
+                [*_RAAS, "--page-size", "1", "--mamba-radix-cache-strategy", "no_buffer", *_POOL],
+                _UNSUPPORTED + "hybrid linear-attention or state-space models"),
+    ModelLaunch("gpt-oss", "startup.sliding-window-model", "gpt-oss", [*_RAAS, "--attention-backend", "triton", *_POOL],
+                _UNSUPPORTED + "sliding-window or chunked-attention models"),
+    ModelLaunch("gemma3", "loaded.sliding-window", "gemma3", [*_RAAS, *_POOL],
+                _UNSUPPORTED + "sliding-window attention (5 of 6 layers, window 31: a windowed layer would attend "
+                "evicted pages"),
+    ModelLaunch("gemma2", "loaded.sliding-window", "gemma2", [*_RAAS, *_POOL],
+                _UNSUPPORTED + "sliding-window attention (1 of 2 layers, window 31"),
+    Built("mla-pool", "loaded.kv-pool", _UNSUPPORTED + "the KV pool SGLang built for this model (MLATokenToKVPool "
+          "with PagedTokenToKVPoolAllocator", pool="MLATokenToKVPool"),
+    Built("swa-allocator", "loaded.kv-pool", _UNSUPPORTED + "the KV pool SGLang built for this model "
+          "(MHATokenToKVPool with SWATokenToKVPoolAllocator", allocator="SWATokenToKVPoolAllocator"),
+    Built("allocator-page-size", "loaded.page-size", _UNSUPPORTED + "a page size of 64 tokens in SGLang's allocator "
+          "(RaaS fixed 16", page_size=64),
+    Built("window-layer", "loaded.sliding-window", _UNSUPPORTED + "sliding-window attention (1 of 2 layers, window "
+          "511", layers=({}, {"layer_id": 1, "sliding_window_size": 511})),
+    Built("exact-kernel-softcap", "loaded.exact-kernel-features", _UNSUPPORTED + "--raas-score exact on triton for "
+          "a model with logit capping (the plugin's decode kernel", layers=({"logit_cap": 30.0},),
+          flags={"kv_policy": "raas", "raas_score": "exact"}, exact_kernel=True),
+    Built("exact-kernel-sinks", "loaded.exact-kernel-features", _UNSUPPORTED + "--raas-score exact on triton for "
+          "a model with attention sinks", sinks=True, flags={"kv_policy": "raas", "raas_score": "exact"},
+          exact_kernel=True),
     Resolved("chunked-attention-model", "startup.sliding-window-model", {},
              _UNSUPPORTED + "sliding-window or chunked-attention models", model={"attention_chunk_size": 8192}),
     Resolved("encoder-decoder-model", "startup.encoder-decoder-model", {},
@@ -226,6 +286,8 @@ CASES = (
 LAUNCH = {c.name: c for c in CASES if isinstance(c, Launch)}
 RESOLVED = {c.name: c for c in CASES if isinstance(c, Resolved)}
 REQUEST_CASES = {c.name: c for c in CASES if isinstance(c, Request)}
+MODEL_LAUNCH = {c.name: c for c in CASES if isinstance(c, ModelLaunch)}
+BUILT = {c.name: c for c in CASES if isinstance(c, Built)}
 # name -> (extra launch flags, message): the startup rows tests/test_cli.py launches
 FLAGS = {c.name: (c.argv, c.message) for c in LAUNCH.values()}
 # name -> (custom_params, message): the request rows sent over HTTP (tests/test_raas_eviction.py, bench/soak.py)
@@ -235,6 +297,14 @@ REQUESTS = {c.name: (c.custom_params, c.message) for c in REQUEST_CASES.values()
 def _input(case) -> str:
     if isinstance(case, Launch):
         return f"`{' '.join(case.argv)}`"
+    if isinstance(case, ModelLaunch):
+        return f"tiny `{case.family}` model, `{' '.join(case.argv)}`"
+    if isinstance(case, Built):
+        flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in case.flags.items())
+        layers = "; ".join(", ".join(f"{k}={v}" for k, v in layer.items()) or "plain" for layer in case.layers)
+        extra = ", sinks" if case.sinks else ""
+        return (f"`{flags}`, layers: `{layers}`{extra}, `{case.pool}` / `{case.allocator}`, page "
+                f"{case.page_size}")
     if isinstance(case, Resolved):
         flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in case.flags.items())
         changes = [f"{k}={v}" for k, v in case.view.items()] + [f"model.{k}={v}" for k, v in case.model.items()]
@@ -250,6 +320,10 @@ def _input(case) -> str:
 def _test(case) -> str:
     if isinstance(case, Launch):
         return "launch"
+    if isinstance(case, ModelLaunch):
+        return "model"
+    if isinstance(case, Built):
+        return "built"
     return "http" if isinstance(case, Request) and case.http else "unit"
 
 
@@ -270,6 +344,9 @@ def render() -> str:
         "- `startup` rows: what a budgeted `--kv-policy` cannot run with yet, checked once SGLang has resolved the",
         "  server args, before any child process starts. One line as above: `error: --kv-policy POLICY does not",
         "  support ` + the messages of all matching rows, joined by `; nor `.",
+        "- `loaded` rows: what SGLang actually built for the model (each attention layer, the KV pool and",
+        "  allocator), checked in every scheduler process once the model loaded, before it serves. The scheduler",
+        "  logs `raas_sglang: --kv-policy POLICY does not support ...` and stops; the launch fails.",
         "- `request` rows: `/generate`, the OpenAI endpoints and `sgl.Engine` answer HTTP 400 (a `ValueError`) with",
         "  the message of the first matching row, in this order; the server keeps serving.",
         "",
@@ -283,7 +360,9 @@ def render() -> str:
         "",
         "## Cases",
         "",
-        "`launch`: the stock launcher with these flags (tests/test_cli.py). `http`: a valid request with this change,",
+        "`launch`: the stock launcher with these flags (tests/test_cli.py). `model`: the stock launcher on a tiny",
+        "model of that family (`raas_sglang.dev.family_models`, tests/test_model_matrix.py). `built`: the row's",
+        "check on real SGLang `RadixAttention` layers and pool/allocator classes (tests/test_model_checks.py). `http`: a valid request with this change,",
         "sent to `/generate` and `/v1/chat/completions` of a `--kv-policy raas --raas-budget 256` server, which must",
         "keep serving (tests/test_raas_eviction.py). `unit`: the registry's check on these values",
         "(tests/test_config.py; every request case runs there too): requests to other servers, and server args or",

@@ -6,8 +6,9 @@ there, as in a cold `python -m` run). A cold launch costs ~6 s of imports on 2 c
     python tests/preloaded_launch.py results.json < cases.json
 
 stdin: `{"cases": {name: [argv...]}, "timeout": seconds per case, "parallel": children at once}`; results.json:
-`{name: {"returncode": int, "stdout": str, "stderr": str}}` (returncode -9: the child ran past its timeout and was
-killed with its process group).
+`{name: {"returncode": int, "stdout": str, "stderr": str, "timed_out": bool}}` (timed_out: the child ran past its
+timeout and was killed with its process group, returncode -9; a launcher whose scheduler failed also ends with -9:
+SGLang's `kill_process_tree` kills its own group).
 NOTE: only for launches that refuse before starting any server: a child that gets further would start one.
 """
 
@@ -61,9 +62,11 @@ class _Running:
     def poll(self) -> dict | None:
         """The child's result once it has ended (killed, with returncode -9, past its deadline); else None."""
         done, status = os.waitpid(self.pid, os.WNOHANG)
+        timed_out = False
         if not done and time.monotonic() > self.deadline:
             os.killpg(self.pid, signal.SIGKILL)
             done, status = os.waitpid(self.pid, 0)
+            timed_out = True
         if not done:
             return None
         texts = []
@@ -71,7 +74,8 @@ class _Running:
             f.seek(0)
             texts.append(f.read().decode(errors="replace"))
             f.close()
-        return {"returncode": os.waitstatus_to_exitcode(status), "stdout": texts[0], "stderr": texts[1]}
+        return {"returncode": os.waitstatus_to_exitcode(status), "stdout": texts[0], "stderr": texts[1],
+                "timed_out": timed_out}
 
 
 def run_all(cases: dict[str, list[str]], timeout: float, parallel: int) -> dict[str, dict]:

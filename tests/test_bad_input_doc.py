@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bad_inputs import CASES, Launch, Request, Resolved, render
+from bad_inputs import CASES, Built, Launch, ModelLaunch, Request, Resolved, render
 from raas_sglang import refusals
 
 
@@ -17,7 +17,8 @@ def test_doc_matches_registry_and_cases():
 
 
 def test_rows_are_unique_and_in_their_table():
-    tables = {"flag": refusals.FLAG, "startup": refusals.STARTUP, "request": refusals.REQUEST}
+    tables = {"flag": refusals.FLAG, "startup": refusals.STARTUP, "loaded": refusals.LOADED,
+              "request": refusals.REQUEST}
     assert len(refusals.ROWS) == sum(len(rows) for rows in tables.values())
     for kind, rows in tables.items():
         for row in rows:
@@ -32,7 +33,7 @@ def test_every_row_has_a_case():
 
 
 def test_case_names_are_unique_per_kind():
-    for kind in (Launch, Request, Resolved):
+    for kind in (Launch, Request, Resolved, ModelLaunch, Built):
         names = [c.name for c in CASES if isinstance(c, kind)]
         assert len(names) == len(set(names)), kind.__name__
 
@@ -45,6 +46,8 @@ def test_case_names_a_row_it_can_exercise(case):
         Launch: row.kind in ("flag", "startup"),
         Resolved: row.kind == "startup" or (row.kind == "flag" and row.refuses is not None),
         Request: row.kind == "request",
+        ModelLaunch: row.kind in ("startup", "loaded"),
+        Built: row.kind == "loaded",
     }
     assert allowed[type(case)], f"{case.name}: a {type(case).__name__} case cannot exercise {row.id}"
 
@@ -75,7 +78,7 @@ def test_case_message_fits_its_row(case):
     message follows `--kv-policy P does not support `, joined to the other matching rows' by `; nor `."""
     row = refusals.ROWS[case.row]
     parts = [p for p in re.split(r"(\{[^{}]*\})", refusals.show(row.message)) if p]
-    if row.kind != "startup":
+    if row.kind not in ("startup", "loaded"):
         assert _fits(parts, case.message, partial=True), (case.message, row.message)
         return
     head = re.match(r"--kv-policy \S+ does not support ", case.message)

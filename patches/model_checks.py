@@ -1,0 +1,86 @@
+"""Seam: the loaded-model refusals — what SGLang actually built for this model, checked in every scheduler process
+before it serves.
+
+The startup rows (`patches/startup_checks.py`) read the model's config before any child starts; they catch what
+the config says for sure (MLA, a hybrid SWA pool, linear attention). What a config cannot say for sure is decided
+here, from the objects SGLang built: each `RadixAttention` layer (its sliding window, logit cap, KV scales, xai
+temperature, and whether its attention module holds sink logits), the KV pool and allocator classes, and the
+allocator's page size. A Qwen2 config's `sliding_window` is unused by SGLang's Qwen2 (served), a Gemma 3 layer's
+window is applied (refused): only the loaded layers tell them apart.
+
+Upstream symbols hooked (sglang 0.5.23): `sglang.srt.managers.scheduler.Scheduler.__init__`, AFTER: the model,
+pool and allocator exist (`self.tp_worker.model_runner`: `.model`, `.token_to_kv_pool`,
+`.token_to_kv_pool_allocator`, `.kv_cache_dtype`), no request has been served. A refused server raises
+`ModelRefused` there: SGLang's `run_scheduler_process` logs it ("Scheduler hit an exception") and stops the
+launcher, so the launch fails with the message in its log.
+Read: `sglang.srt.layers.radix_attention.RadixAttention` (`layer_id`, `sliding_window_size`, `logit_cap`,
+`k_scale_float`, `v_scale_float`, `xai_temperature_len`); an attention module's `sinks` / `attention_sink_bias`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from raas_sglang.patches.server_args import config_of
+from raas_sglang.refusals import AttnLayer, Loaded, VersionMismatch, loaded_refusal
+
+logger = logging.getLogger("raas_sglang")
+
+_SINK_ATTRS = ("sinks", "attention_sink_bias")
+
+
+class ModelRefused(RuntimeError):
+    """The loaded model (or what SGLang built for it) cannot be served exactly under the budgeted policy."""
+
+
+def _scaled(value) -> bool:
+    return value is not None and float(value) != 1.0
+
+
+def attention_layers(model) -> tuple[AttnLayer, ...]:
+    """Every `RadixAttention` of the loaded model, as `AttnLayer` facts."""
+    from sglang.srt.layers.radix_attention import RadixAttention
+
+    layers = []
+    for module in model.modules():
+        sinks = any(getattr(module, a, None) is not None for a in _SINK_ATTRS)
+        for child in module.children():
+            if isinstance(child, RadixAttention):
+                layers.append(_layer(child, sinks))
+    return tuple(layers)
+
+
+def _layer(attn, sinks: bool) -> AttnLayer:
+    try:
+        window = attn.sliding_window_size
+        return AttnLayer(
+            layer_id=int(attn.layer_id), window=int(window) if window is not None else -1,
+            logit_cap=float(attn.logit_cap or 0.0), sinks=sinks,
+            scaled_kv=_scaled(attn.k_scale_float) or _scaled(attn.v_scale_float),
+            xai_temperature=int(attn.xai_temperature_len or -1) > 0,
+        )
+    except AttributeError as err:
+        raise VersionMismatch(f"raas_sglang: SGLang's RadixAttention has no {err} (is this SGLang 0.5.23?); "
+                              "refusing to serve without checking the model") from None
+
+
+def loaded_view(scheduler) -> Loaded:
+    """What the loaded rows read, from a scheduler whose model runner is built."""
+    runner = scheduler.tp_worker.model_runner
+    pool, allocator = runner.token_to_kv_pool, runner.token_to_kv_pool_allocator
+    return Loaded(config_of(scheduler.server_args), type(pool).__name__, type(allocator).__name__,
+                  int(allocator.page_size), str(runner.kv_cache_dtype), attention_layers(runner.model))
+
+
+def scheduler_init(result, self, *args, **kwargs):
+    """AFTER hook on `Scheduler.__init__`."""
+    if not config_of(self.server_args).enabled:
+        return result
+    refused = loaded_refusal(loaded_view(self))
+    if refused is not None:
+        logger.error("raas_sglang: %s", refused)
+        raise ModelRefused(f"raas_sglang: {refused}")
+    return result
+
+
+HOOKS = (("sglang.srt.managers.scheduler.Scheduler.__init__", scheduler_init, "AFTER"),)

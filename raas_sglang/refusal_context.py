@@ -1,0 +1,228 @@
+"""What the refusal rows (`raas_sglang/refusals.py`) read, and how a row is written: the `Refusal` record, the
+contexts a row's check gets (`Startup`: the resolved server before any child starts; `Loaded`: what SGLang built
+in a scheduler process once the model loaded; `Request`: one request's RaaS fields) and the message templating.
+
+Imports no SGLang: the contexts hold SGLang's objects (or plain facts read from them by `patches/`) and are read
+by attribute.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, NamedTuple
+
+from raas_sglang import config as cfg
+from raas_sglang.config import RaasConfig
+from raas_sglang.policies import DENSE
+
+SUPPORTED_BACKENDS = frozenset({"torch_native", "triton", "flashinfer"})
+# the KV pool and allocator classes whose pages RaaS frees: one per-head K and V buffer per layer behind one paged
+# allocator (read by class name from what SGLang built; anything else is refused after load)
+SUPPORTED_POOLS = frozenset({"MHATokenToKVPool"})
+SUPPORTED_ALLOCATORS = frozenset({"PagedTokenToKVPoolAllocator", "TokenToKVPoolAllocator"})
+
+
+@dataclass(frozen=True)
+class Refusal:
+    id: str
+    when: str
+    message: str
+    refuses: Callable[[Any], bool] | None = None  # None: checked by `config.resolve` (FLAG rows only)
+    model: bool = False  # reads `Startup.model`
+
+    @property
+    def kind(self) -> str:
+        return self.id.split(".", 1)[0]
+
+    def text(self, context: Any) -> str:
+        return self.message.format_map(_Lookup(context))
+
+
+def show(template: str) -> str:
+    """`template` (a row's `message` or `when`) with the fields that depend on no input filled in, the others
+    left as written (`{name!r}`): what the doc shows."""
+    return template.format_map(_Lookup(_Shown()))
+
+
+class _Lookup(dict):
+    """`str.format_map` fields read as attributes of a context."""
+
+    def __init__(self, context: Any):
+        super().__init__()
+        self.context = context
+
+    def __missing__(self, key: str) -> Any:
+        return getattr(self.context, key)
+
+
+class Fields:
+    """Message fields that depend on no input."""
+
+    policies = property(lambda self: ", ".join(cfg.POLICIES))
+    budgeted = property(lambda self: ", ".join(p for p in cfg.POLICIES if p != DENSE))
+    scores = property(lambda self: ", ".join(cfg.SCORES))
+    reduces = property(lambda self: ", ".join(cfg.REDUCES))
+    min_pages = property(lambda self: cfg.MIN_BUDGET_PAGES)
+    supported_backends = property(lambda self: " or ".join(sorted(SUPPORTED_BACKENDS)))
+    supported_pools = property(lambda self: ", ".join(sorted(SUPPORTED_POOLS)))
+
+
+class _Placeholder:
+    """A field of the input, shown as written (`{name!r}`, `{name:.0f}`)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __getattr__(self, attr: str) -> "_Placeholder":
+        return _Placeholder(f"{self.name}.{attr}")
+
+    def __str__(self) -> str:
+        return "{%s}" % self.name
+
+    def __repr__(self) -> str:
+        return "{%s!r}" % self.name
+
+    def __format__(self, spec: str) -> str:
+        return "{%s:%s}" % (self.name, spec) if spec else str(self)
+
+
+class _Shown(Fields):
+    def __getattr__(self, name: str) -> _Placeholder:
+        return _Placeholder(name)
+
+
+class Startup(Fields):
+    """What the startup rows read: SGLang's resolved server args (`view`, read by attribute), the RaaS config, the
+    model config (SGLang's `ModelConfig`; None where it could not be built) and whether SGLang classes the model
+    as hybrid linear attention (decided by `patches/startup_checks.py` with SGLang's own registry)."""
+
+    def __init__(self, view: Any, config: RaasConfig, model: Any = None, linear_attention: bool = False):
+        self.view, self.config, self.model = view, config, model
+        self.linear_attention = linear_attention  # SGLang builds linear-attention (Mamba, GDN, ...) layers
+
+    policy = property(lambda self: self.config.policy)
+    budget = property(lambda self: self.config.budget_tokens)
+    page_size = property(lambda self: self.config.page_size)
+    context = property(lambda self: int(self.model.context_len))
+    resolved_page_size = property(lambda self: int(arg(self.view, "page_size") or 1))
+    fp8_kv = property(lambda self: str(arg(self.view, "kv_cache_dtype")).startswith("fp8"))
+
+    @property
+    def attention_arch(self) -> str:
+        arch = self.model.attention_arch  # SGLang's AttentionArch enum
+        return getattr(arch, "name", str(arch))
+
+    @property
+    def decode_backend(self) -> str | None:
+        return arg(self.view, "decode_attention_backend") or arg(self.view, "attention_backend")
+
+    @property
+    def backends(self) -> set[str]:
+        names = ("attention_backend", "decode_attention_backend", "prefill_attention_backend")
+        return {arg(self.view, n) for n in names} - {None}
+
+    @property
+    def unsupported_backends(self) -> str:
+        return ", ".join(sorted(self.backends - SUPPORTED_BACKENDS))
+
+
+class AttnLayer(NamedTuple):
+    """What SGLang built for one attention layer (a `RadixAttention`), read after the model loaded."""
+
+    layer_id: int
+    window: int  # sliding window in tokens; -1: none
+    logit_cap: float  # 0: none
+    sinks: bool  # the layer's attention module holds attention-sink logits
+    scaled_kv: bool  # k or v scale other than 1 (a quantized KV cache's scales)
+    xai_temperature: bool  # Grok's length-dependent query temperature
+
+
+class Loaded(Fields):
+    """What the loaded rows read, in each scheduler process after SGLang built the model, the KV pool and the
+    allocator: the class names of the pool and allocator, the allocator's page size, the KV dtype, the decode
+    backend and each attention layer (`AttnLayer`)."""
+
+    def __init__(self, config: RaasConfig, pool: str, allocator: str, allocator_page_size: int, kv_dtype: str,
+                 layers: tuple[AttnLayer, ...]):
+        self.config, self.pool, self.allocator = config, pool, allocator
+        self.allocator_page_size, self.kv_dtype, self.layers = allocator_page_size, kv_dtype, layers
+
+    policy = property(lambda self: self.config.policy)
+    page_size = property(lambda self: self.config.page_size)
+
+    @property
+    def windowed(self) -> str:
+        """The layers with a sliding window, in words (`5 of 6 layers, window 512`)."""
+        hit = [layer for layer in self.layers if layer.window > 0]
+        sizes = ", ".join(str(w) for w in sorted({layer.window for layer in hit}))
+        return f"{len(hit)} of {len(self.layers)} layers, window {sizes}" if hit else ""
+
+    @property
+    def kernel_features(self) -> str:
+        """The model features the plugin's triton decode kernel does not apply, in words ('' when none)."""
+        names = {"logit capping": lambda x: x.logit_cap > 0, "attention sinks": lambda x: x.sinks,
+                 "scaled KV": lambda x: x.scaled_kv, "xai temperature": lambda x: x.xai_temperature}
+        return ", ".join(name for name, has in names.items() if any(has(x) for x in self.layers))
+
+
+class Request(Fields):
+    """What the request rows read: the request's `custom_params` and `beam_width`, and the server's config."""
+
+    def __init__(self, params: Mapping[str, Any] | None, server: RaasConfig, beam_width: int | None = None):
+        self.params, self.server, self.beam_width = params or {}, server, beam_width or 1
+
+    policy = property(lambda self: self.params.get("kv_policy", self.server.policy))
+    budget = property(lambda self: self.params.get("raas_budget"))
+    trace = property(lambda self: self.params.get("raas_trace", False))
+    server_budget = property(lambda self: self.server.budget_tokens)
+    tp = property(lambda self: self.server.tp_size)
+    page_size = property(lambda self: self.server.page_size)
+    min_tokens = property(lambda self: cfg.MIN_BUDGET_PAGES * self.server.page_size)
+
+    @property
+    def budget_shown(self) -> str:
+        # NOTE: JSON integers past 64 bits reach us as floats (1e+40): shown as the integer they stand for
+        return f"{self.budget:.0f}" if isinstance(self.budget, float) else f"{self.budget}"
+
+    @property
+    def budget_is_integer(self) -> bool:
+        b = self.budget
+        return (isinstance(b, float) and b.is_integer()) or (isinstance(b, int) and not isinstance(b, bool))
+
+
+class VersionMismatch(RuntimeError):
+    """A server-args field the checks read is missing: this SGLang is not the one the plugin was built for."""
+
+
+def arg(view: Any, dotted: str) -> Any:
+    """The resolved server arg `dotted` (e.g. `cuda_graph_config.decode.backend`). NOTE: never defaulted: a
+    missing field means a refusal could silently stop applying, so it stops the server instead."""
+    value = view
+    for part in dotted.split("."):
+        try:
+            value = getattr(value, part)
+        except AttributeError:
+            raise VersionMismatch(f"raas_sglang: SGLang's server args have no {dotted!r} (is this SGLang 0.5.23?); "
+                                  "refusing to start without checking it") from None
+    return value
+
+
+def flag_set(attr: str) -> Callable[[Startup], bool]:
+    """The server arg `attr` is on (a flag that must stay off under RaaS)."""
+    return lambda s: bool(arg(s.view, attr))
+
+
+def above_one(attr: str) -> Callable[[Startup], bool]:
+    return lambda s: (arg(s.view, attr) or 1) > 1
+
+
+def full_prefill_graphs(s: Startup) -> bool:
+    """A fully captured prefill graph replays extend attention without the plugin's hooks (the hole-skipping re-prefill
+    of a retracted request, the Quest key-bound folding). NOTE: `breakable` (SGLang's default on CUDA) runs
+    attention eagerly between captured pieces, with the hooks."""
+    return str(arg(s.view, "cuda_graph_config.prefill.backend")) == "full"
+
+
+def decode_graphs(s: Startup) -> bool:
+    backend = arg(s.view, "cuda_graph_config.decode.backend")
+    return str(backend) not in ("disabled", "None") and str(arg(s.view, "device")) != "cpu"
