@@ -27,7 +27,9 @@ import enum
 import torch
 
 from raas_sglang.patches import runtime
-from raas_sglang.step import DecodeStep, PageScores, build_table, prompt_window, quest_keep, selection_ends
+from raas_sglang.step import (
+    DecodeStep, PageScores, attends_subset, build_table, prompt_window, quest_keep, selection_ends,
+)
 
 
 class Backend(enum.Enum):
@@ -78,6 +80,7 @@ def _build_step(rt: runtime.Runtime, backend, forward_batch, kind: Backend) -> D
     fwd = DecodeStep(rows, seq_lens, last_layer=rt.num_layers - 1)
     scoring = bool((state.count[rows] > 0).any())
     holes = bool((state.evicted[rows] > 0).any())
+    cand_end = None
     if kind is Backend.TRITON and config.exact_kernel:  # NOTE: no selecting policy runs on such a server
         if scoring or holes:
             fwd.window = prompt_window(state, rows, seq_lens)[1]
@@ -87,6 +90,8 @@ def _build_step(rt: runtime.Runtime, backend, forward_batch, kind: Backend) -> D
             fwd.table = build_table(state, rows, seq_lens, req_to_token, cand_end)
             if kind is Backend.TORCH_NATIVE:
                 rt.decode.plan(fwd.table.slots, fwd.table.n, pool.get_key_buffer(pool.start_layer).shape[1])
+    if fwd.table is not None or fwd.window is not None:  # NOTE: KV written under sparse attention stays private
+        state.mark_sparse(rows, seq_lens - 1, attends_subset(state, rows, seq_lens, cand_end))
     if scoring:
         fwd.scores = PageScores(state, rows, config.reduce, None if exact else req_to_token, ranks=config.tp_size)
     return fwd

@@ -4,7 +4,8 @@ Upstream symbols hooked (sglang 0.5.23):
 - `sglang.srt.mem_cache.unified_radix_cache.UnifiedRadixCache.checkpoint_into_tree(self, req, *, up_to)`,
   BEFORE: the one insert path for finish, running abort (it finishes with checkpoint=True) and chunked-prefill /
   prefill-end checkpoints. Caps `up_to` at the first hole (the tree page-floors it), so the tree never adopts an
-  evicted slot nor frees one as a duplicate (I2). For an unfinished RaaS request it also caps at the prompt, so
+  evicted slot nor frees one as a duplicate (I2), and at the first position computed under a prompt window or a
+  page selection, so a later request (dense included) never reuses KV dense attention would not have produced. For an unfinished RaaS request it also caps at the prompt, so
   a retracted request's re-prefilled output stays private and can be trimmed back to its budget.
 - `sglang.srt.mem_cache.base_prefix_cache.BasePrefixCache.free_kv_row(self, kv, ranges)`, AROUND: the only row
   free of every release path (finish, abort, discard, retraction). Cuts the holes out of each range, so an
@@ -29,12 +30,13 @@ def _row_info(rt: runtime.Runtime, req) -> runtime.RowInfo | None:
 
 
 def tree_cap(rt: runtime.Runtime, req, up_to: int) -> int:
-    """How far the tree may take `req`'s KV: `up_to`, capped at the first hole, and at the prompt while an
-    evicting request is unfinished."""
+    """How far the tree may take `req`'s KV: `up_to`, capped at its dense prefix (the first hole, or the first
+    position computed under a window or a page selection: only KV dense attention would have produced is shared),
+    and at the prompt while an evicting request is unfinished."""
     cap = up_to
     info = _row_info(rt, req)
     if info is not None and info.raas and rt.state is not None:
-        cap = min(cap, rt.state.first_hole(req.kv.req_pool_idx, up_to))
+        cap = min(cap, rt.state.dense_prefix(req.kv.req_pool_idx, up_to))
     if not req.finished() and request_policy(req, rt.config)[0] in EVICTING:
         cap = min(cap, max(len(req.origin_input_ids), req.kv.cache_protected_len))
     return cap

@@ -24,6 +24,8 @@ import torch
 from raas_sglang.policies import DENSE_ID, PolicySet
 from raas_sglang.policies.base import EMPTY
 
+DENSE_FROM = 1 << 62  # `sparse_from` of a row whose KV all equals dense attention's
+
 
 class Victims(NamedTuple):
     """One eviction decision per requested row. `page[i] == EMPTY` means row i evicts nothing."""
@@ -45,6 +47,7 @@ class RowSnapshot(NamedTuple):
     step: int
     evicted: int
     limit: int
+    sparse_from: int
 
 
 def hole_pages(resident: list[int], first_decode_page: int, upto_page: int | None = None) -> list[int]:
@@ -96,6 +99,9 @@ class RaasState:
     step    [rows]    int64  the request's own decode steps so far (0 at its first decode step)
     evicted [rows]    int64  pages evicted from the row since admit
     limit   [rows]    int64  the row's page limit (<= L)
+    sparse_from [rows] int64 the first position whose KV was computed attending less than every earlier position
+                             (a hole, a prompt window or a page selection; DENSE_FROM: none): only KV before it
+                             equals what dense attention computes, so only that may enter the shared radix tree
     """
 
     def __init__(
@@ -118,6 +124,7 @@ class RaasState:
         self.step = torch.zeros(num_rows, **z)  # [rows] int64
         self.evicted = torch.zeros(num_rows, **z)  # [rows] int64
         self.limit = torch.full((num_rows,), budget_pages, **z)  # [rows] int64 per-request L (<= self.L)
+        self.sparse_from = torch.full((num_rows,), DENSE_FROM, **z)  # [rows] int64
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -142,18 +149,20 @@ class RaasState:
         self.step[row] = 0
         self.evicted[row] = 0
         self.limit[row] = self.L
+        self.sparse_from[row] = DENSE_FROM
 
     def snapshot(self, row: int) -> RowSnapshot:
         """A copy of `row`'s state (see `RowSnapshot`)."""
         return RowSnapshot(self.pages[row].clone(), self.stamp[row].clone(), self.score[row].clone(),
                            int(self.policy[row]), int(self.count[row]), int(self.pin_len[row]), int(self.step[row]),
-                           int(self.evicted[row]), int(self.limit[row]))
+                           int(self.evicted[row]), int(self.limit[row]), int(self.sparse_from[row]))
 
     def restore(self, row: int, snap: RowSnapshot) -> None:
         """Put a snapshot back, on `row` (a retracted request resumes on whatever row it gets)."""
         self.pages[row], self.stamp[row], self.score[row] = snap.pages, snap.stamp, snap.score
         self.policy[row], self.count[row], self.pin_len[row] = snap.policy, snap.count, snap.pin_len
         self.step[row], self.evicted[row], self.limit[row] = snap.step, snap.evicted, snap.limit
+        self.sparse_from[row] = snap.sparse_from
 
     def first_decode_page(self, rows: torch.Tensor) -> torch.Tensor:
         """[n] int64: ceil(pin_len / page_size) for each row."""
@@ -228,6 +237,12 @@ class RaasState:
             policy.observe(self, rows[mine], scores[mine])
         self.step[rows] += 1
 
+    def mark_sparse(self, rows: torch.Tensor, positions: torch.Tensor, sparse: torch.Tensor) -> None:
+        """The KV each row writes at `positions` [n] int64 is computed attending a proper subset of its earlier
+        positions where `sparse` [n] bool: lower the row's `sparse_from` to it (no host sync)."""
+        current = self.sparse_from[rows]
+        self.sparse_from[rows] = torch.where(sparse, torch.minimum(current, positions), current)
+
     def accumulate(self, rows: torch.Tensor, scores: torch.Tensor) -> None:
         """Add one step's scores [n, L] to `score` of the resident pages of `rows` [n]."""
         valid = self.pages[rows] != EMPTY
@@ -257,6 +272,12 @@ class RaasState:
             return []
         first = int(self.first_decode_page(torch.tensor([row], device=self.device))[0])
         return hole_pages(self.resident_pages(row), first, -(-upto_tokens // self.page_size))
+
+    def dense_prefix(self, row: int, seq_len: int) -> int:
+        """How many leading positions of the row hold KV equal to dense attention's: up to its first hole and its
+        first position computed under a window or a page selection, at most `seq_len`. The radix tree may
+        receive at most `[0, dense_prefix)` (it page-floors it)."""
+        return min(self.first_hole(row, seq_len), int(self.sparse_from[row]))
 
     def first_hole(self, row: int, seq_len: int) -> int:
         """The first logical token position whose KV slot was evicted, or `seq_len` if none: the radix tree may

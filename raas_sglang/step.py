@@ -94,6 +94,18 @@ def selection_ends(state: RaasState, rows: torch.Tensor, seq_lens: torch.Tensor)
     return ends if bool((ends > 0).any()) else None
 
 
+def attends_subset(state: RaasState, rows: torch.Tensor, seq_lens: torch.Tensor,
+                   cand_end: torch.Tensor | None) -> torch.Tensor:
+    """[bs] bool: rows whose attention this forward reads less than all their earlier positions: a hole, pinned
+    positions outside their prompt window, or a Quest selection with more candidate pages than the row's limit
+    (`quest_keep` keeps `limit` of them). rows, seq_lens [bs] int64; cand_end as in `ResidentTable`."""
+    _, (a, b) = prompt_window(state, rows, seq_lens)
+    subset = (state.evicted[rows] > 0) | (a < b)
+    if cand_end is not None:
+        subset |= -(-cand_end // state.page_size) > state.limit[rows]
+    return subset
+
+
 def build_table(state: RaasState, rows: torch.Tensor, seq_lens: torch.Tensor, req_to_token: torch.Tensor,
                 cand_end: torch.Tensor | None = None) -> ResidentTable:
     """The resident table of a decode batch. req_to_token [rows_total, max_context] int32 (SGLang's map)."""

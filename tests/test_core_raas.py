@@ -159,6 +159,24 @@ def test_first_hole_and_evict_zero_is_safe():
     assert torch.equal(before, state.pages)
 
 
+def test_dense_prefix_is_the_first_hole_or_the_first_sparse_write():
+    """`dense_prefix` (what the radix tree may take) is the lowest of the first hole and the first position marked
+    sparse; marking is a running minimum, per row; a snapshot carries it and admit resets it."""
+    state = policy_state(3, 2, 4)
+    state.admit(1, pin_len=6)
+    state.admit(2, pin_len=6)
+    rows = torch.tensor([1, 2])
+    assert state.dense_prefix(1, 10) == 10
+    state.mark_sparse(rows, torch.tensor([9, 7]), torch.tensor([True, False]))
+    state.mark_sparse(rows, torch.tensor([12, 8]), torch.tensor([True, True]))
+    assert (state.dense_prefix(1, 20), state.dense_prefix(2, 20), state.dense_prefix(2, 5)) == (9, 8, 5)
+    snap = state.snapshot(1)
+    state.admit(1, pin_len=6)
+    assert state.dense_prefix(1, 20) == 20
+    state.restore(0, snap)
+    assert state.dense_prefix(0, 20) == 9
+
+
 def test_per_request_budget_is_bounded_by_server_budget():
     state = RaasState(2, 4, 16)
     with pytest.raises(ValueError):

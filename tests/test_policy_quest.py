@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import STRICT_ENV, serve
-from raas_helpers import bound, gen
+from raas_helpers import bound, flush, gen
 from raas_sglang.config import RaasConfig
 from raas_sglang.patches import attention, runtime
 from raas_sglang.step import quest_keep
@@ -128,3 +128,31 @@ def test_pool_is_sized_with_the_key_bounds(server, raas_server):
     assert info["pool_tokens"] == 4096 - 16 * 16  # the largest whole-page pool that fits: 3840
     plain = raas_server.get("/get_server_info")["internal_states"][0]["raas"]
     assert plain["pool_tokens"] == 4096 and plain["key_bounds_bytes"] == 0 and plain["pool_tokens_before_bounds"] is None
+
+
+LONG_PROMPT = [1] + list(range(30, 130))  # 101 tokens: prompt pages 0..6, the last one partial
+
+
+@pytest.mark.parametrize("policy,prompt,budget,dense_prefix", [
+    ("streaming", LONG_PROMPT, 48, 112),  # no eviction; from the first decode page (112) its window skips [16, ...)
+    ("quest", PROMPT, 32, 48),  # from position 48 there are 3 candidate pages for 2 selected
+    ("raas+quest", LONG_PROMPT, 32, 96),  # 7 prompt pages for 2 selected from the first decode step (101)
+])
+def test_only_dense_equivalent_kv_is_shared(server, policy, prompt, budget, dense_prefix):
+    """#22 item 2: a finished request inserts into the radix tree only the positions whose KV dense attention would
+    have produced (capped at the first position written under a window, a page selection or after a hole; the
+    tree page-floors it). Turn 2 of the same conversation, dense, reuses exactly that prefix (`cached_tokens`) and
+    equals a dense run with nothing cached, token for token and in its log-probs."""
+    flush(server)
+    turn1 = gen(server, prompt, 40, kv_policy=policy, raas_budget=budget)
+    assert turn1["meta_info"]["raas"]["policy"] == policy
+    ids = prompt + turn1["output_ids"] + list(range(200, 210))
+    turn2 = gen(server, ids, 24, kv_policy="dense")
+    assert turn2["meta_info"]["cached_tokens"] == dense_prefix // 16 * 16
+    flush(server)
+    cold = gen(server, ids, 24, kv_policy="dense")
+    assert cold["meta_info"]["cached_tokens"] == 0
+    assert turn2["output_ids"] == cold["output_ids"]
+    got = torch.tensor([x[0] for x in turn2["meta_info"]["output_token_logprobs"]])
+    ref = torch.tensor([x[0] for x in cold["meta_info"]["output_token_logprobs"]])
+    assert (got - ref).abs().max().item() < 1e-4
