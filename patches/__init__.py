@@ -9,6 +9,7 @@ Seams (one module each; each names the upstream symbols it hooks):
 - `overlap`: the overlap scheduler turned off under RaaS.
 - `startup_checks`: the startup refusals of the registry in `raas_sglang/refusals.py`, once the args are resolved.
 - `model_checks`: the loaded-model refusals, from what SGLang built (layers, KV pool, allocator), before serving.
+- `requests`: each request's RaaS fields checked again where the scheduler takes it (a bad one is aborted).
 - `schedule`: eviction before each decode step's KV allocation; the decode memory check.
 - `pool_sizing`: the KV pool is shrunk by the Quest page key bounds' size when they are kept.
 - `admission`: prefill admission reserves at most prompt + L pages + one page for a RaaS request.
@@ -57,7 +58,7 @@ def register() -> None:
 def _register_all(hooks) -> None:
     from raas_sglang.patches import (
         admission, api, attention, attention_flashinfer, attention_triton, cpu_parallel, failpoints, model_checks,
-        overlap, pool_sizing, radix, reprefill, schedule, server_args, startup_checks,
+        overlap, pool_sizing, radix, reprefill, requests, schedule, server_args, startup_checks,
     )
     from raas_sglang.patches.lazy import register_hooks_when_imported
 
@@ -65,10 +66,12 @@ def _register_all(hooks) -> None:
         hooks.register(module.HOOKS)
     if multiprocessing.parent_process() is None:
         server_args.install_engine_factory()
+        failpoints.install(tokenizer_side=True)  # test-only: a no-op unless RAAS_TEST_FAULT names such a fault
         for module, module_hooks in api.MAIN_HOOKS.items():
             register_hooks_when_imported(module, module_hooks)
     else:
-        for module in (cpu_parallel, pool_sizing, model_checks, schedule, admission, attention, radix, reprefill):
+        for module in (cpu_parallel, pool_sizing, model_checks, requests, schedule, admission, attention, radix,
+                       reprefill):
             hooks.register(module.HOOKS)
         failpoints.install()  # test-only: a no-op unless RAAS_TEST_FAULT is set
         hooks.register(api.SCHEDULER_HOOKS)

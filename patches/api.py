@@ -53,13 +53,18 @@ def verify(result, self, *args, **kwargs):
         config = _server_config()
     except ValueError:  # "Global server args is not set yet!": a bare SamplingParams, no server to check against
         return result
+    tokenizer_check(self, config)
+    return result
+
+
+def tokenizer_check(sampling_params, config: RaasConfig) -> None:
+    """Raise `ValueError` (HTTP 400) with the first request row that refuses these sampling params."""
     from raas_sglang.refusals import refuse_request
 
     try:
-        refuse_request(self.custom_params, config, self.beam_width)
+        refuse_request(sampling_params.custom_params, config, sampling_params.beam_width)
     except ConfigError as err:
         raise ValueError(str(err)) from None
-    return result
 
 
 def update_request_meta_info(orig, self, meta_info, state, customized_info, index, finish_reason):

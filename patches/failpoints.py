@@ -1,8 +1,9 @@
 """Test-only fault injection: lets tests prove that SGLang's checks catch a broken invariant
 (tests/test_invariant_checks.py). Never set in production.
 
-`RAAS_TEST_FAULT=<name>` in a server's environment makes `install()` (called by `register()` in the scheduler
-process) replace one plugin function with a broken one; the production code paths carry no fault branches.
+`RAAS_TEST_FAULT=<name>[,<name>...]` in a server's environment makes `install()` (called by `register()` in each
+process) replace one plugin function per fault with a broken one; the production code paths carry no fault
+branches. The faults act in the scheduler process, except `skip_tokenizer_check` (the launcher's tokenizer side).
 - `double_free` (I1): every evicted page is handed to the allocator twice;
 - `leak` (I3): evicted pages are never handed back;
 - `tree_adopts_hole` (I2): radix inserts are not capped at the first evicted page;
@@ -12,7 +13,9 @@ process) replace one plugin function with a broken one; the production code path
 - `lost_page` (item 5 of the guarantees): for requests whose id starts with `LOST_RID`, the page about to be
   evicted is handed back to the allocator, and its row entries pointed at page 0, just before the eviction, as a
   stray free elsewhere would; the eviction must then neither free page 0 nor free the page twice, and abort only
-  that request.
+  that request;
+- `skip_tokenizer_check` (#22 item 4): requests whose `custom_params` hold `SKIP_KEY: true` skip the tokenizer-side
+  validation, as through a front end that never runs it; the scheduler's own check must abort a bad one.
 
 Hooks upstream: none (it patches the plugin's own functions).
 """
@@ -23,22 +26,31 @@ import logging
 import os
 
 ENV = "RAAS_TEST_FAULT"
-FAULTS = ("double_free", "leak", "tree_adopts_hole", "rank_diverges", "lost_page")
+FAULTS = ("double_free", "leak", "tree_adopts_hole", "rank_diverges", "lost_page", "skip_tokenizer_check")
+TOKENIZER_FAULTS = ("skip_tokenizer_check",)
+SKIP_KEY = "raas_test_skip_tokenizer_check"
 DIVERGE_RID = "raas-test-diverge"
 LOST_RID = "raas-test-lost"
 logger = logging.getLogger("raas_sglang")
 
 
-def install() -> str | None:
-    """Apply the fault named by `RAAS_TEST_FAULT` (if any) in this process; returns its name."""
-    fault = os.environ.get(ENV, "")
-    if not fault:
-        return None
-    if fault not in FAULTS:
-        raise ValueError(f"{ENV}: must be one of {', '.join(FAULTS)}, got {fault!r}")
-    from raas_sglang.patches import eviction, radix
+def install(tokenizer_side: bool = False) -> list[str]:
+    """Apply the faults named by `RAAS_TEST_FAULT` (if any) that act in this process (the scheduler's, or with
+    `tokenizer_side` the launcher's); returns their names."""
+    faults = [f for f in os.environ.get(ENV, "").split(",") if f]
+    unknown = [f for f in faults if f not in FAULTS]
+    if unknown:
+        raise ValueError(f"{ENV}: must be one of {', '.join(FAULTS)}, got {unknown[0]!r}")
+    mine = [f for f in faults if (f in TOKENIZER_FAULTS) == tokenizer_side]
+    for fault in mine:
+        logger.warning("raas_sglang: test fault %r injected (%s)", fault, ENV)
+        _apply(fault)
+    return mine
 
-    logger.warning("raas_sglang: test fault %r injected (%s)", fault, ENV)
+
+def _apply(fault: str) -> None:
+    from raas_sglang.patches import api, eviction, radix
+
     free_pages = eviction.free_pages
     if fault == "leak":
         eviction.free_pages = lambda allocator, page_ids: None
@@ -53,9 +65,11 @@ def install() -> str | None:
         _diverge_on_rank_one()
     elif fault == "lost_page":
         _lose_page_before_eviction()
+    elif fault == "skip_tokenizer_check":
+        check = api.tokenizer_check
+        api.tokenizer_check = lambda sp, config: None if (sp.custom_params or {}).get(SKIP_KEY) else check(sp, config)
     else:
         radix.tree_cap = lambda rt, req, up_to: up_to
-    return fault
 
 
 def _diverge_on_rank_one() -> None:

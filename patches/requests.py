@@ -1,15 +1,28 @@
-"""Per-request RaaS control through SGLang's `custom_params`.
+"""Seam: per-request RaaS control through SGLang's `custom_params`, validated again where the scheduler takes the
+request.
 
-`{"kv_policy": "dense"|"raas"|"streaming"|"h2o", "raas_budget": N, "raas_trace": bool}` in `sampling_params.custom_params`
-(`/generate`) or `extra_body={"custom_params": {...}}` (OpenAI endpoints). Validation lives in
-`raas_sglang.config.request_overrides` (pure); this module applies it to a scheduler `Req`.
+`{"kv_policy": "dense"|"raas"|..., "raas_budget": N, "raas_trace": bool}` in `sampling_params.custom_params`
+(`/generate`) or `extra_body={"custom_params": {...}}` (OpenAI endpoints). The rows are the request rows of the
+refusal registry (`raas_sglang/refusal_requests.py`); the tokenizer side answers HTTP 400 with them
+(`patches/api.py` `verify`), and this module checks them again in the scheduler, for requests that reached it by
+any other path (another front end, a future SGLang route): never served under a setting the registry refuses.
 
-Hooks upstream: none here (see `patches/api.py` for where bad values become HTTP 400).
+Upstream symbols hooked (sglang 0.5.23): `sglang.srt.managers.scheduler.Scheduler._add_request_to_queue(self,
+req, is_retracted=False)`, BEFORE: every new generation request passes here (SGLang's own validation aborts
+through it too). A request whose `custom_params` or `sampling_params.beam_width` fail a row is finished with
+`Req.set_finish_with_abort(message)` (HTTP 400 to its client; the server serves on; SGLang prefills one token of
+it before it finishes, as dense); a valid one carries its
+`RequestOverrides` as `req.raas_request`, read by every later hook (`request_policy`).
 """
 
 from __future__ import annotations
 
-from raas_sglang.config import RaasConfig, request_overrides
+from raas_sglang.config import RaasConfig, RequestOverrides, request_overrides
+from raas_sglang.patches import runtime
+from raas_sglang.policies import DENSE
+from raas_sglang.refusals import request_refusal
+
+ATTR = "raas_request"
 
 
 def custom_params_of(req) -> dict | None:
@@ -18,14 +31,33 @@ def custom_params_of(req) -> dict | None:
     return params if isinstance(params, dict) else None
 
 
-def request_policy(req, config: RaasConfig) -> tuple[str, int, bool]:
-    """(policy name, budget pages, trace evictions?) for a scheduler `Req` on a budgeted-policy server.
+def _beam_width(req) -> int | None:
+    return getattr(req.sampling_params, "beam_width", None)
 
-    NOTE: values were validated on the tokenizer side (HTTP 400 there); a value that still fails here falls back
-    to the server's settings rather than failing the step.
-    """
-    try:
-        o = request_overrides(custom_params_of(req), config)
-    except ValueError:
-        return config.policy, config.budget_pages, False
-    return o.policy, o.budget_pages, o.trace
+
+def request_policy(req, config: RaasConfig) -> tuple[str, int, bool]:
+    """(policy name, budget pages, trace evictions?) for a scheduler `Req` on a budgeted-policy server: what was
+    validated when the scheduler took it. NOTE: a request that never passed that check is validated here, and a
+    bad one raises (`ConfigError`) rather than running under the server's settings."""
+    found = getattr(req, ATTR, None)
+    if not isinstance(found, RequestOverrides):
+        found = request_overrides(custom_params_of(req), config)
+    return found.policy, found.budget_pages, found.trace
+
+
+def add_request_to_queue(self, req, *args, is_retracted: bool = False, **kwargs):
+    """BEFORE hook on `Scheduler._add_request_to_queue`."""
+    rt = runtime.get()
+    if rt is None or is_retracted or (args and args[0]) or req.finished():
+        return None
+    refused = request_refusal(custom_params_of(req), rt.config, _beam_width(req))
+    if refused is not None:
+        # NOTE: SGLang still prefills an aborted request (one token) before it finishes it: it runs as dense
+        req.set_finish_with_abort(refused[1])
+        setattr(req, ATTR, RequestOverrides(DENSE, rt.config.budget_pages, False))
+        return None
+    setattr(req, ATTR, request_overrides(custom_params_of(req), rt.config))
+    return None
+
+
+HOOKS = (("sglang.srt.managers.scheduler.Scheduler._add_request_to_queue", add_request_to_queue, "BEFORE"),)

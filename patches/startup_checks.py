@@ -8,7 +8,8 @@ Upstream symbols hooked (sglang 0.5.23, `sglang/srt/server_args.py`):
   (`raas_sglang/refusals.py`: the `flag.*` rows that need the resolved server, then the `startup.*` rows) over
   SGLang's resolved view (`sglang.srt.arg_groups.overrides.resolving_view`), the record's `RaasConfig` and the
   model config (`sglang.srt.arg_groups.model_override_base.model_config_of`) with SGLang's own hybrid
-  linear-attention test (`sglang.srt.configs.hybrid_arch.mambaish_config`), and refuses with one line: the CLI
+  linear-attention test (`sglang.srt.configs.hybrid_arch.mambaish_config`) and `envs.SGLANG_RUST_SERVER`
+  (`sglang.srt.environ`), and refuses with one line: the CLI
   launcher exits (`SystemExit`, `error: ...`, no traceback), `sgl.Engine` raises `ConfigError`.
   A server that may start gets `tp_size` set on its config, and `exact_kernel` when it decodes on triton with
   `--raas-score exact`.
@@ -46,6 +47,12 @@ def _linear_attention(model) -> bool:
     return mambaish_config(model) is not None
 
 
+def _rust_server() -> bool:
+    from sglang.srt.environ import envs
+
+    return bool(envs.SGLANG_RUST_SERVER.get())
+
+
 def check_server_args(result, self, *args, **kwargs):
     """AFTER hook on `ServerArgs.check_server_args`."""
     config = config_of(self)
@@ -55,7 +62,7 @@ def check_server_args(result, self, *args, **kwargs):
 
     view = resolving_view(self)
     model = _model_config(self)
-    refused = startup_refusal(Startup(view, config, model, _linear_attention(model)))
+    refused = startup_refusal(Startup(view, config, model, _linear_attention(model), _rust_server()))
     if refused is not None:
         _refuse(self, refused[1])
     exact_kernel = config.score == "exact" and (view.decode_attention_backend or view.attention_backend) == "triton"

@@ -94,11 +94,14 @@ class _Shown(Fields):
 class Startup(Fields):
     """What the startup rows read: SGLang's resolved server args (`view`, read by attribute), the RaaS config, the
     model config (SGLang's `ModelConfig`; None where it could not be built) and whether SGLang classes the model
-    as hybrid linear attention (decided by `patches/startup_checks.py` with SGLang's own registry)."""
+    as hybrid linear attention (decided by `patches/startup_checks.py` with SGLang's own registry), and whether
+    SGLang's Rust front end is on (`SGLANG_RUST_SERVER`)."""
 
-    def __init__(self, view: Any, config: RaasConfig, model: Any = None, linear_attention: bool = False):
+    def __init__(self, view: Any, config: RaasConfig, model: Any = None, linear_attention: bool = False,
+                 rust_server: bool = False):
         self.view, self.config, self.model = view, config, model
         self.linear_attention = linear_attention  # SGLang builds linear-attention (Mamba, GDN, ...) layers
+        self.rust_server = rust_server  # SGLANG_RUST_SERVER: SGLang's Rust HTTP front end serves the requests
 
     policy = property(lambda self: self.config.policy)
     budget = property(lambda self: self.config.budget_tokens)

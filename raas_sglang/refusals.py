@@ -140,6 +140,9 @@ STARTUP = (
     Refusal("startup.kv-cache-sharding", "`--enable-kv-cache-sharding`",
             "KV cache sharding (each rank holds a slice of the pool, which RaaS does not page yet); drop "
             "--enable-kv-cache-sharding", flag_set("enable_kv_cache_sharding")),
+    Refusal("startup.rust-server", "`SGLANG_RUST_SERVER=1` (SGLang's Rust HTTP front end)",
+            "SGLang's Rust front end (SGLANG_RUST_SERVER=1: requests skip RaaS's tokenizer-side validation and its "
+            "session refusal); unset SGLANG_RUST_SERVER", lambda s: s.rust_server),
     Refusal("startup.tokenizer-workers", "`--tokenizer-worker-num` above 1",
             "several tokenizer workers (requests would skip RaaS's validation); use --tokenizer-worker-num 1",
             above_one("tokenizer_worker_num")),

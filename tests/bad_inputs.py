@@ -26,6 +26,7 @@ class Launch(NamedTuple):
     row: str
     argv: list[str]
     message: str
+    env: dict[str, str] = {}  # set in the launcher's environment
 
 
 class ModelLaunch(NamedTuple):
@@ -165,6 +166,8 @@ CASES = (
            _UNSUPPORTED + "--strip-thinking-cache"),
     Launch("single-batch-overlap", "startup.single-batch-overlap", [*_RAAS, "--enable-single-batch-overlap", *_POOL],
            _UNSUPPORTED + "single-batch overlap; drop --enable-single-batch-overlap"),
+    Launch("rust-server", "startup.rust-server", [*_RAAS, *_POOL],
+           _UNSUPPORTED + "SGLang's Rust front end (SGLANG_RUST_SERVER=1", env={"SGLANG_RUST_SERVER": "1"}),
     Launch("tokenizer-workers", "startup.tokenizer-workers", [*_RAAS, "--tokenizer-worker-num", "2", *_POOL],
            _UNSUPPORTED + "several tokenizer workers"),
     # SGLang itself refuses two-batch overlap on this CPU model before the plugin's check: checked resolved
@@ -288,7 +291,7 @@ RESOLVED = {c.name: c for c in CASES if isinstance(c, Resolved)}
 REQUEST_CASES = {c.name: c for c in CASES if isinstance(c, Request)}
 MODEL_LAUNCH = {c.name: c for c in CASES if isinstance(c, ModelLaunch)}
 BUILT = {c.name: c for c in CASES if isinstance(c, Built)}
-# name -> (extra launch flags, message): the startup rows tests/test_cli.py launches
+# name -> (extra launch flags, message): the startup rows tests/test_cli.py launches (with `LAUNCH[name].env`)
 FLAGS = {c.name: (c.argv, c.message) for c in LAUNCH.values()}
 # name -> (custom_params, message): the request rows sent over HTTP (tests/test_raas_eviction.py, bench/soak.py)
 REQUESTS = {c.name: (c.custom_params, c.message) for c in REQUEST_CASES.values() if c.http}
@@ -296,7 +299,8 @@ REQUESTS = {c.name: (c.custom_params, c.message) for c in REQUEST_CASES.values()
 
 def _input(case) -> str:
     if isinstance(case, Launch):
-        return f"`{' '.join(case.argv)}`"
+        env = "".join(f"{k}={v} " for k, v in case.env.items())
+        return f"`{env}{' '.join(case.argv)}`"
     if isinstance(case, ModelLaunch):
         return f"tiny `{case.family}` model, `{' '.join(case.argv)}`"
     if isinstance(case, Built):

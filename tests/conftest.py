@@ -79,7 +79,7 @@ def serve_all(model_dir: Path, specs: dict[str, tuple[tuple, Path, dict | None]]
 # The one RaaS server most modules share (each server start costs ~25 s of imports on 2 cores): page 16, server
 # budget 256, radix cache on, chunked prefill at 128 tokens (so long prompts take the chunk-checkpoint path),
 # SGLang's strict KV checks, the throwaway test policy "lifo" (tests/policy_lifo.py) available per request, and the
-# test-only failpoint `lost_page`, inert for every request not marked for it.
+# test-only failpoints `lost_page` and `skip_tokenizer_check`, inert for every request not marked for them.
 RAAS_SERVER_ARGS = ("--kv-policy", "raas", "--raas-budget", "256", "--chunked-prefill-size", "128")
 LIFO_POLICY_FILE = REPO / "tests" / "policy_lifo.py"
 
@@ -87,8 +87,10 @@ LIFO_POLICY_FILE = REPO / "tests" / "policy_lifo.py"
 @pytest.fixture(scope="session")
 def raas_server(model_dir, tmp_path_factory):
     """A shared `--kv-policy raas` server (see RAAS_SERVER_ARGS). Tests must leave it idle and leak-free."""
-    # the `lost_page` failpoint touches only requests whose id starts with `raas-test-lost` (patches/failpoints.py)
-    env = {**STRICT_ENV, "RAAS_POLICY_MODULES": str(LIFO_POLICY_FILE), "RAAS_TEST_FAULT": "lost_page"}
+    # the `lost_page` failpoint touches only requests whose id starts with `raas-test-lost`, `skip_tokenizer_check`
+    # only requests whose custom_params mark it (patches/failpoints.py)
+    env = {**STRICT_ENV, "RAAS_POLICY_MODULES": str(LIFO_POLICY_FILE),
+           "RAAS_TEST_FAULT": "lost_page,skip_tokenizer_check"}
     srv = serve(model_dir, *RAAS_SERVER_ARGS, tmp=tmp_path_factory.mktemp("raas_shared"), env=env)
     yield srv
     srv.stop()

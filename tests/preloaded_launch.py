@@ -5,7 +5,7 @@ there, as in a cold `python -m` run). A cold launch costs ~6 s of imports on 2 c
 
     python tests/preloaded_launch.py results.json < cases.json
 
-stdin: `{"cases": {name: [argv...]}, "timeout": seconds per case, "parallel": children at once}`; results.json:
+stdin: `{"cases": {name: [argv...] or {"argv": [...], "env": {...}}}, "timeout": seconds per case, "parallel": children at once}`; results.json:
 `{name: {"returncode": int, "stdout": str, "stderr": str, "timed_out": bool}}` (timed_out: the child ran past its
 timeout and was killed with its process group, returncode -9; a launcher whose scheduler failed also ends with -9:
 SGLang's `kill_process_tree` kills its own group).
@@ -27,10 +27,12 @@ import sglang.launch_server  # noqa: F401  (the imports every launch pays, paid 
 import sglang.srt.entrypoints.http_server  # noqa: F401
 
 
-def _child(argv: list[str], out_fd: int, err_fd: int) -> None:
-    """In the forked child: run the launcher as `python -m sglang.launch_server *argv` would; never returns."""
+def _child(argv: list[str], env: dict[str, str], out_fd: int, err_fd: int) -> None:
+    """In the forked child: run the launcher as `env ... python -m sglang.launch_server *argv` would; never
+    returns."""
     code = 1
     try:
+        os.environ.update(env)
         os.dup2(out_fd, 1)
         os.dup2(err_fd, 2)
         os.setsid()  # its own process group: a launch that got further is killed with all it started
@@ -52,11 +54,12 @@ def _child(argv: list[str], out_fd: int, err_fd: int) -> None:
 
 
 class _Running:
-    def __init__(self, argv: list[str], timeout: float):
+    def __init__(self, case: list[str] | dict, timeout: float):
+        argv, env = (case, {}) if isinstance(case, list) else (case["argv"], case.get("env", {}))
         self.out, self.err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
         self.pid = os.fork()
         if self.pid == 0:
-            _child(argv, self.out.fileno(), self.err.fileno())
+            _child(argv, env, self.out.fileno(), self.err.fileno())
         self.deadline = time.monotonic() + timeout
 
     def poll(self) -> dict | None:

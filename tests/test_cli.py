@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bad_inputs import BASE_VIEW, FLAGS
+from bad_inputs import BASE_VIEW, FLAGS, LAUNCH as LAUNCH_CASES
 from raas_sglang.cpu_env import has_cuda, launch_env
 
 LAUNCH = [sys.executable, "-m", "sglang.launch_server"]
@@ -43,7 +43,8 @@ def refusals(model_dir, tmp_path_factory):
     that imported SGLang once (tests/preloaded_launch.py): a cold launch spends ~6 s importing on 2 cores, and the
     cold path itself is tested by test_help_lists_raas_flags and test_one_refusal_cold."""
     per_case, parallel = 60, 2  # a forked refusal takes ~1 s; one that starts a server is killed at 60 s
-    spec = {"cases": {name: ["--model-path", str(model_dir), *CPU, *args] for name, (args, _) in BAD.items()},
+    spec = {"cases": {name: {"argv": ["--model-path", str(model_dir), *CPU, *args], "env": LAUNCH_CASES[name].env}
+                      for name, (args, _) in BAD.items()},
             "timeout": per_case, "parallel": parallel}
     results = tmp_path_factory.mktemp("refusals") / "results.json"
     # NOTE: the runner kills each child's process group at its timeout; its own limit leaves room for all of them

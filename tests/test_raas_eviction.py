@@ -157,6 +157,22 @@ def test_bad_custom_params_get_400(server, case):
     assert len(gen(server, PROMPT, 3)["output_ids"]) == 3  # still serving
 
 
+@pytest.mark.parametrize("case", sorted(REQUESTS))
+def test_scheduler_aborts_what_the_tokenizer_side_did_not_check(server, case):
+    """#22 item 4: a request that reaches the scheduler without the tokenizer-side check (the test failpoint
+    `skip_tokenizer_check` stands for another front end) is aborted there with the same row's message (HTTP 400),
+    never served under the server's settings; the server serves on."""
+    from raas_sglang.patches.failpoints import SKIP_KEY
+
+    custom, field = REQUESTS[case]
+    body = {"input_ids": PROMPT, "sampling_params": {"max_new_tokens": 4, "custom_params": {**custom, SKIP_KEY: True}}}
+    with pytest.raises(urllib.error.HTTPError) as err:
+        server.post("/generate", body)
+    assert err.value.code == 400 and field in err.value.read().decode()
+    marked = gen(server, PROMPT, 3, **{SKIP_KEY: True})  # the mark alone changes nothing
+    assert len(marked["output_ids"]) == 3 and marked["meta_info"]["raas"]["policy"] == "raas"
+
+
 def test_lost_page_aborts_only_that_request(server):
     """A broken invariant (failpoint `lost_page`: the page a marked request is about to evict was already handed
     back) aborts that request with HTTP 500 and an error in the log, frees neither page 0 nor the page twice, and the
