@@ -12,7 +12,8 @@ Upstream symbols hooked (sglang 0.5.23): `sglang.srt.managers.scheduler.Schedule
 pool and allocator exist (`self.tp_worker.model_runner`: `.model`, `.token_to_kv_pool`,
 `.token_to_kv_pool_allocator`, `.kv_cache_dtype`), no request has been served. A refused server raises
 `ModelRefused` there: SGLang's `run_scheduler_process` logs it ("Scheduler hit an exception") and stops the
-launcher, so the launch fails with the message in its log.
+launcher, so the launch fails with the message in its log. Then, under tensor parallel, the ranks compare their
+RaaS settings (`tensor_parallel.check_settings_agree`): nodes started with different `RAAS_*` environments stop.
 Read: `sglang.srt.layers.radix_attention.RadixAttention` (`layer_id`, `sliding_window_size`, `logit_cap`,
 `k_scale_float`, `v_scale_float`, `xai_temperature_len`); an attention module's `sinks` / `attention_sink_bias`.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import logging
 
+from raas_sglang.patches import runtime, tensor_parallel
 from raas_sglang.patches.server_args import config_of
 from raas_sglang.refusals import AttnLayer, Loaded, VersionMismatch, loaded_refusal
 
@@ -80,6 +82,9 @@ def scheduler_init(result, self, *args, **kwargs):
     if refused is not None:
         logger.error("raas_sglang: %s", refused)
         raise ModelRefused(f"raas_sglang: {refused}")
+    rt = runtime.get()
+    if rt is not None:  # NOTE: every TP rank reaches this point (the same model refuses on every rank above)
+        tensor_parallel.check_settings_agree(rt)
     return result
 
 

@@ -10,6 +10,12 @@ evictions and allocation, each rank hashes its RaaS state, the batch and SGLang'
 compare digests over the TP group's CPU (gloo) group; on any difference every rank raises `RanksDisagree`, which
 stops the server (SGLang's scheduler treats an exception in its loop as fatal).
 
+Ranks also agree on their settings before serving (`check_settings_agree`, always on at tp > 1): each rank's
+`RaasConfig`, its policy registry (names in id order, from `RAAS_POLICY_MODULES` and entry points) and whether
+its per-step check is on (`RAAS_CHECK_RANKS`) are read per process, so a `--nnodes` launch whose nodes were
+started with different environments would take different decisions or call different collectives (and hang);
+instead every rank stops at startup naming the difference.
+
 Upstream symbols used (sglang 0.5.23, `sglang/srt/distributed/parallel_state.py`): `get_tp_group()` -> the
 `GroupCoordinator` with `world_size`, `rank_in_group`, `device_group` (gloo on CPU, NCCL on CUDA) and
 `cpu_group` (gloo); `torch.distributed.all_reduce` / `all_gather` on those groups. Hooks upstream: none (the
@@ -63,7 +69,7 @@ class Ranks:
         self.checked_steps += 1
         if len(set(values)) > 1:
             shown = ", ".join(f"rank {r}: {v & 0xFFFFFFFF:08x}" for r, v in enumerate(values))
-            raise RanksDisagree(f"raas_sglang: TP ranks disagree on the RaaS state {what} ({shown}); stopping: "
+            raise RanksDisagree(f"raas_sglang: TP ranks disagree on the RaaS {what} ({shown}); stopping: "
                                 "their allocators and radix trees would drift apart")
 
 
@@ -81,8 +87,28 @@ def state_digest(rt: Any, batch: Any) -> int:
     return int.from_bytes(h.digest(), "little", signed=True)
 
 
+def settings_digest(rt: Any) -> int:
+    """A 64-bit hash of what every rank must share before serving: its RaaS config, policy registry and whether
+    the per-step check runs."""
+    from raas_sglang.policies import REGISTRY
+
+    h = hashlib.blake2b(digest_size=8)
+    h.update(repr((sorted(rt.config.to_dict().items()), list(REGISTRY), rt.ranks.check)).encode())
+    return int.from_bytes(h.digest(), "little", signed=True)
+
+
+def check_settings_agree(rt: Any) -> None:
+    """Once per rank, before serving (a no-op at tp 1): the ranks' settings digests must be equal."""
+    from raas_sglang.policies import REGISTRY
+
+    if rt.ranks.size > 1:
+        mine = f"rank {rt.ranks.rank}: policies {', '.join(REGISTRY)}, {CHECK_ENV} {'on' if rt.ranks.check else 'off'}"
+        rt.ranks.agree(settings_digest(rt), f"settings at startup ({mine}; were the nodes started with different "
+                       f"RAAS_* environments?)")
+
+
 def check_ranks_agree(rt: Any, batch: Any) -> None:
     """The debug check, once per decode step (a no-op unless `RAAS_CHECK_RANKS` is set and tp > 1)."""
     ranks = rt.ranks
     if ranks.check:
-        ranks.agree(state_digest(rt, batch), f"after decode step {rt.totals.decode_steps}")
+        ranks.agree(state_digest(rt, batch), f"state after decode step {rt.totals.decode_steps}")

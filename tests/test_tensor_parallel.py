@@ -143,3 +143,26 @@ def test_two_nodes(model_dir, raas_server, tmp_path):
             node0.stop()
     finally:
         node1.stop()
+
+
+@pytest.mark.slow  # ~40 s: two launchers side by side on 2 cores
+def test_two_nodes_with_different_environments_stop_at_startup(model_dir, tmp_path):
+    """#22 item 6: node 1 started without the RAAS_* environment of node 0 (no extra policy module, no per-step
+    check): every rank stops before serving, naming the settings they disagree on, instead of hanging in a
+    collective or deciding differently."""
+    from raas_sglang.dev.launch import ServerFailed, free_port, spawn, start_server
+
+    flags = [*SMALL_POOL, *RAAS_SERVER_ARGS, "--tp-size", "2", "--nnodes", "2",
+             "--dist-init-addr", f"127.0.0.1:{free_port()}"]
+    env0 = {**STRICT_ENV, "RAAS_POLICY_MODULES": str(LIFO_POLICY_FILE), "RAAS_CHECK_RANKS": "1"}
+    node1 = spawn(model_dir, [*flags, "--node-rank", "1"], env=dict(STRICT_ENV), log_path=tmp_path / "node1.log")
+    try:
+        with pytest.raises(ServerFailed):
+            start_server(model_dir, [*flags, "--node-rank", "0"], env=env0, log_path=tmp_path / "node0.log",
+                         timeout=240)
+        node1.proc.wait(60)
+    finally:
+        node1.stop()
+    for name in ("node0", "node1"):
+        log = (tmp_path / f"{name}.log").read_text()
+        assert "TP ranks disagree on the RaaS settings at startup" in log, log[-3000:]
