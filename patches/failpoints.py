@@ -14,6 +14,9 @@ branches. The faults act in the scheduler process, except `skip_tokenizer_check`
   evicted is handed back to the allocator, and its row entries pointed at page 0, just before the eviction, as a
   stray free elsewhere would; the eviction must then neither free page 0 nor free the page twice, and abort only
   that request;
+- `full_reprefill`: the prefill backend is taken as one that cannot skip holes (as flashinfer), so a retracted
+  request with evictions is re-prefilled in full and trimmed back to its limit on adoption (the GPU-only path,
+  run on CPU);
 - `skip_tokenizer_check` (#22 item 4): requests whose `custom_params` hold `SKIP_KEY: true` skip the tokenizer-side
   validation, as through a front end that never runs it; the scheduler's own check must abort a bad one.
 
@@ -26,7 +29,8 @@ import logging
 import os
 
 ENV = "RAAS_TEST_FAULT"
-FAULTS = ("double_free", "leak", "tree_adopts_hole", "rank_diverges", "lost_page", "skip_tokenizer_check")
+FAULTS = ("double_free", "leak", "tree_adopts_hole", "rank_diverges", "lost_page", "skip_tokenizer_check",
+          "full_reprefill")
 TOKENIZER_FAULTS = ("skip_tokenizer_check",)
 SKIP_KEY = "raas_test_skip_tokenizer_check"
 DIVERGE_RID = "raas-test-diverge"
@@ -65,6 +69,10 @@ def _apply(fault: str) -> None:
         _diverge_on_rank_one()
     elif fault == "lost_page":
         _lose_page_before_eviction()
+    elif fault == "full_reprefill":
+        from raas_sglang.patches import reprefill
+
+        reprefill.supported = lambda rt: False
     elif fault == "skip_tokenizer_check":
         check = api.tokenizer_check
         api.tokenizer_check = lambda sp, config: None if (sp.custom_params or {}).get(SKIP_KEY) else check(sp, config)

@@ -39,8 +39,7 @@ class RowInfo:
     trace: bool = False
     peak_kv_tokens: int = 0
     trace_steps: list = field(default_factory=list)  # [[decode_position, first, end], ...] per evicted page
-    evicted_before: int = 0  # pages evicted before a retraction (the row's holes were released with it)
-    evicted_at_release: int = 0
+    evicted_at_release: int = 0  # set by `release`: the row's evicted pages then
     kv: Any = None  # the request's SGLang `ReqKvInfo` at admission: row lookups from the KV side must match it
     snapshot: RowSnapshot | None = None  # set by `release` on a retraction that left holes: resumed by re-prefill
     reprefills: list = field(default_factory=list)  # [[seq_len, trace entries before it], ...] per resumption
@@ -155,8 +154,9 @@ class Runtime:
             info.trace_steps = carry.trace_steps
             info.kv_free = carry.kv_free
             info.reprefills = carry.reprefills
-            # NOTE: a restored snapshot brings its own evicted count back: not counted twice
-            info.evicted_before = carry.evicted_before + (0 if carry.snapshot is not None else carry.evicted_at_release)
+            # NOTE: evicted pages are counted by the row's state alone: a restored snapshot brings its count back,
+            # and a full re-prefill recomputes the pages evicted before and evicts them again on adoption (counting
+            # the carry as well would count them twice)
         old = self.rows.get(row)
         self.traced += trace - (old.trace if old is not None else 0)
         self.rows[row] = info
@@ -216,7 +216,7 @@ class Runtime:
         out = {
             "policy": info.policy,
             "budget_tokens": int(self.state.limit[row]) * self.config.page_size if info.raas else None,
-            "evicted_pages": info.evicted_before + int(self.state.evicted[row]),
+            "evicted_pages": int(self.state.evicted[row]),
             "peak_kv_tokens": info.peak_kv_tokens,
             # resumptions after a retraction that recomputed only the pinned prompt and the kept pages (I4 held)
             "bounded_reprefills": len(info.reprefills),

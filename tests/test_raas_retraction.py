@@ -15,16 +15,22 @@ from conftest import STRICT_ENV, serve
 from raas_helpers import bound, flush, gen, hf_logprobs, masked_reference_error
 
 
-# SGLang's default chunked prefill (a resumption's runs are chunks), and chunked prefill off (slow: one more server)
-@pytest.fixture(scope="module", params=[pytest.param((), id="chunked"),
-                                        pytest.param(("--chunked-prefill-size", "-1"), id="unchunked",
+# SGLang's default chunked prefill (a resumption's runs are chunks), chunked prefill off (slow: one more server),
+# and the full re-prefill of a backend that cannot skip holes (flashinfer's path, forced on CPU by the test fault
+# `full_reprefill`; slow): the request is recomputed in full and trimmed back to its limit
+@pytest.fixture(scope="module", params=[pytest.param(((), {}), id="chunked"),
+                                        pytest.param((("--chunked-prefill-size", "-1"), {}), id="unchunked",
+                                                     marks=pytest.mark.slow),
+                                        pytest.param(((), {"RAAS_TEST_FAULT": "full_reprefill"}), id="full",
                                                      marks=pytest.mark.slow)])
 def server(model_dir, tmp_path_factory, request):
-    env = {**STRICT_ENV, "SGLANG_TEST_RETRACT": "1", "SGLANG_TEST_RETRACT_INTERVAL": "37"}
+    flags, fault = request.param
+    env = {**STRICT_ENV, "SGLANG_TEST_RETRACT": "1", "SGLANG_TEST_RETRACT_INTERVAL": "37", **fault}
     srv = serve(
-        model_dir, "--kv-policy", "raas", "--raas-budget", "256", "--enable-metrics", *request.param,
+        model_dir, "--kv-policy", "raas", "--raas-budget", "256", "--enable-metrics", *flags,
         tmp=tmp_path_factory.mktemp("retract"), env=env,
     )
+    srv.full_reprefill = bool(fault)
     yield srv
     srv.stop()
 
@@ -50,13 +56,20 @@ def test_retracted_requests_complete_bounded_and_exact(server, hf):
             lp = hf_logprobs(hf, full, torch.tril(torch.ones(len(full), len(full), dtype=torch.bool)))
             assert out["output_ids"] == lp[len(ids) - 1 : -1].argmax(-1).tolist()
         else:
-            # each page evicted once, however often the request was retracted: the trace lists each eviction
-            assert raas["evicted_pages"] == len(raas["trace"]) > 0
-            assert len({(lo, hi) for _, lo, hi in raas["trace"]}) == len(raas["trace"])
-            # a request holding L pages evicted exactly every page beyond them
+            # a request holding L pages evicted exactly every page beyond them, however often it was retracted
             pages = -(-(len(ids) + n - 1) // 16) - -(-len(ids) // 16)
             assert raas["evicted_pages"] == pages - custom["raas_budget"] // 16
+            if server.full_reprefill:  # pages evicted before a retraction were recomputed and evicted again
+                assert len(raas["trace"]) >= raas["evicted_pages"] > 0
+                continue
+            # each page evicted once: the trace lists each eviction
+            assert raas["evicted_pages"] == len(raas["trace"]) > 0
+            assert len({(lo, hi) for _, lo, hi in raas["trace"]}) == len(raas["trace"])
             assert masked_reference_error(hf, ids, out) < 1e-3
+    if server.full_reprefill:  # no bounded re-prefill; the bound holds only outside re-prefills (README: I4)
+        assert all(o["meta_info"]["raas"]["bounded_reprefills"] == 0 for o in outs)
+        assert any(o["meta_info"]["num_retractions"] and o["meta_info"]["raas"]["evicted_pages"] for o in outs)
+        return
     resumed = [o for (_, _, c), o in zip(jobs, outs) if o["meta_info"]["raas"].get("reprefills")]
     assert resumed, "no request with evictions was retracted and resumed"
     # one bounded re-prefill per resumption at most (a retraction before the first eviction re-prefills in full)
