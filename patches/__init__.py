@@ -58,7 +58,8 @@ def register() -> None:
 def _register_all(hooks) -> None:
     from raas_sglang.patches import (
         admission, api, attention, attention_flashinfer, attention_triton, cpu_parallel, failpoints, model_checks,
-        overlap, pool_sizing, radix, reprefill, requests, schedule, server_args, startup_checks,
+        overlap, pool_sizing, radix, reprefill, reprefill_attention, requests, schedule, server_args,
+        startup_checks,
     )
     from raas_sglang.patches.lazy import register_hooks_when_imported
 
@@ -71,11 +72,11 @@ def _register_all(hooks) -> None:
             register_hooks_when_imported(module, module_hooks)
     else:
         for module in (cpu_parallel, pool_sizing, model_checks, requests, schedule, admission, attention, radix,
-                       reprefill):
+                       reprefill, reprefill_attention):
             hooks.register(module.HOOKS)
         failpoints.install()  # test-only: a no-op unless RAAS_TEST_FAULT is set
         hooks.register(api.SCHEDULER_HOOKS)
         # imported only by servers that use them; NOTE: hooks on one target must be applied in one call (SGLang's
         # registry patches a target once), so triton's own and the re-prefill's go together
-        register_hooks_when_imported(attention_triton.MODULE, attention_triton.HOOKS + reprefill.TRITON_HOOKS)
+        register_hooks_when_imported(attention_triton.MODULE, attention_triton.HOOKS + reprefill_attention.TRITON_HOOKS)
         register_hooks_when_imported(attention_flashinfer.MODULE, attention_flashinfer.HOOKS)

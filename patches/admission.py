@@ -34,8 +34,7 @@ def _decode_held(rt: runtime.Runtime, req) -> int:
     ps = rt.config.page_size
     pin_len = len(req.origin_input_ids)
     row = req.kv.req_pool_idx
-    info = rt.rows.get(row) if row is not None else None
-    admitted = info is not None and info.rid == req.rid and rt.state is not None
+    admitted = rt.row_of(req) is not None
     if admitted:
         pin_len = int(rt.state.pin_len[row])  # may exceed the prompt after a re-prefill matched past it
     held = -(-req.kv.kv_committed_len // ps) * ps - -(-pin_len // ps) * ps

@@ -30,7 +30,7 @@ Scheduler process:
 from __future__ import annotations
 
 from raas_sglang.config import ConfigError, RaasConfig
-from raas_sglang.patches import runtime
+from raas_sglang.patches import reports, runtime
 
 
 def _server_config() -> RaasConfig:
@@ -136,7 +136,7 @@ def get_internal_state(result, self, *args, **kwargs):
         from sglang.srt.runtime_context import get_parallel
 
         # NOTE: with --dp-size the replicas' entries arrive in no fixed order; dp_rank says which is which
-        result.internal_state["raas"] = {**rt.summary(), "dp_rank": get_parallel().dp_rank}
+        result.internal_state["raas"] = {**reports.server_summary(rt), "dp_rank": get_parallel().dp_rank}
     return result
 
 

@@ -19,14 +19,8 @@ Upstream symbols hooked (sglang 0.5.23):
 from __future__ import annotations
 
 from raas_sglang.config import EVICTING
-from raas_sglang.patches import runtime
+from raas_sglang.patches import reports, runtime
 from raas_sglang.patches.requests import request_policy
-
-
-def _row_info(rt: runtime.Runtime, req) -> runtime.RowInfo | None:
-    row = req.kv.req_pool_idx
-    info = rt.rows.get(row) if row is not None else None
-    return info if info is not None and info.rid == req.rid else None
 
 
 def tree_cap(rt: runtime.Runtime, req, up_to: int) -> int:
@@ -34,7 +28,7 @@ def tree_cap(rt: runtime.Runtime, req, up_to: int) -> int:
     position computed under a window or a page selection: only KV dense attention would have produced is shared),
     and at the prompt while an evicting request is unfinished."""
     cap = up_to
-    info = _row_info(rt, req)
+    info = rt.row_of(req)
     if info is not None and info.raas and rt.state is not None:
         cap = min(cap, rt.state.dense_prefix(req.kv.req_pool_idx, up_to))
     if not req.finished() and request_policy(req, rt.config)[0] in EVICTING:
@@ -82,10 +76,10 @@ def free_kv_row(orig, self, kv, ranges):
 def release_kv_cache(orig, req, tree_cache, *a, **kw):
     rt = runtime.get()
     row = req.kv.req_pool_idx
-    info = _row_info(rt, req) if rt is not None else None
+    info = rt.row_of(req) if rt is not None else None
     out = orig(req, tree_cache, *a, **kw)
     if info is not None:
-        req.raas_report = rt.report(row, info)  # read by the output streamer (patches/api.py)
+        req.raas_report = reports.request_report(rt, row, info)  # read by the output streamer (patches/api.py)
         if not req.kv.holds_kv:
             from raas_sglang.patches import reprefill
 

@@ -1,13 +1,12 @@
 """Seam: a retracted request that had evicted pages resumes with exactly what it held, recomputing only that.
 
-SGLang retracts decode requests when the pool runs short and later re-prefills their whole prompt + output (30K
-tokens for a 30K trace), exactly when memory is short. For a row with holes, `Runtime.release` keeps a snapshot of
-its state (pages, stamps, scores, holes); the request then resumes by recomputing only the pinned prompt and its
-resident pages, at their logical positions, as extend chunks that skip the holes (`core.reprefill_runs`); the
-snapshot is restored on its new row, so it holds no more than it held when retracted (I4 with no exception), keeps
-its stamps and counts each eviction once. Each recomputed token attends to the prompt and the kept pages before it
-(causal minus holes); `meta_info.raas.reprefills` records `[seq_len, trace entries before it]` per resumption so
-the Hugging Face reference can replay those masks (tests/raas_helpers.py).
+SGLang re-prefills a retracted request's whole prompt + output, exactly when memory is short. For a row with holes,
+`Runtime.release` keeps a snapshot of its state (pages, stamps, scores, holes); the request resumes by recomputing
+only its pinned prompt and resident pages, at their logical positions, as extend chunks that skip the holes
+(`holes.reprefill_runs`), and the snapshot is restored on its new row: it holds no more than when retracted (I4),
+keeps its stamps and counts each eviction once. Each recomputed token attends to the prompt and the kept pages
+before it; `meta_info.raas.reprefills` records `[seq_len, trace entries before it]` per resumption so the Hugging
+Face reference can replay those masks (tests/raas_helpers.py).
 
 Upstream symbols hooked (sglang 0.5.23):
 - `sglang.srt.managers.schedule_batch.Req._compute_max_prefix_len(self, input_len)`, AROUND: a resuming request
@@ -24,10 +23,7 @@ Upstream symbols hooked (sglang 0.5.23):
 - `sglang.srt.mem_cache.allocation.alloc_for_extend(batch)`, AROUND: after the first chunk's allocation, admit
   the row with its snapshot; before the chunk that opens the last position's page, evict as a decode step would;
   after every allocation, the allocator's low-water mark and the row's peak (I4 covers re-prefills).
-- `sglang.srt.layers.attention.torch_native_backend.TorchNativeAttnBackend._run_sdpa_forward_extend`, AROUND:
-  rows with holes attend to their row without the hole entries (compacted; queries stay at the tail).
-- `...triton_backend.TritonAttnBackend.init_forward_metadata`, AFTER (extend only): the same, by dropping hole
-  entries from the prefix `kv_indices`.
+- the extend attention of a resuming row skips its hole entries: `patches/reprefill_attention.py`.
 Other prefill backends (flashinfer) keep SGLang's full re-prefill, trimmed after it (no snapshot is kept).
 """
 
@@ -38,7 +34,7 @@ import logging
 
 import torch
 
-from raas_sglang.core import hole_pages, reprefill_runs
+from raas_sglang.holes import reprefill_runs, snapshot_holes
 from raas_sglang.patches import eviction, runtime
 
 logger = logging.getLogger("raas_sglang")
@@ -62,7 +58,7 @@ def _snapshot_of(req):
 def _resuming(rt: runtime.Runtime, req) -> runtime.Reprefill | None:
     row = req.kv.req_pool_idx
     rp = rt.reprefilling.get(row) if row is not None else None
-    return rp if rp is not None and rp.rid == req.rid else None
+    return rp if rp is not None and rp.kv is req.kv else None
 
 
 # -- the tree match ----------------------------------------------------------------------------------------------
@@ -99,7 +95,7 @@ def _first_run_end(rt: runtime.Runtime, req) -> int | None:
     if snap is None:
         return None
     ps, n = rt.config.page_size, len(req.full_untruncated_fill_ids)
-    holes = _holes_of(snap, ps)
+    holes = snapshot_holes(snap, ps)
     end = reprefill_runs(snap.pin_len, ps, holes, n)[0][1]
     if not holes or holes[-1] * ps + ps > n or end >= n:
         req.raas_carry.snapshot = None
@@ -112,12 +108,7 @@ def skipped_tokens(rt: runtime.Runtime, req) -> int:
     snap = _snapshot_of(req)
     if snap is None:
         return 0
-    return rt.config.page_size * len(_holes_of(snap, rt.config.page_size))
-
-
-def _holes_of(snap, ps: int) -> list[int]:
-    """A snapshot's hole pages (`core.hole_pages` over its resident pages)."""
-    return hole_pages(snap.pages[snap.pages >= 0].tolist(), -(-snap.pin_len // ps))
+    return rt.config.page_size * len(snapshot_holes(snap, rt.config.page_size))
 
 
 def add_one_req_ignore_eos(orig, self, req, *args, **kwargs):
@@ -236,7 +227,7 @@ def _restore(rt: runtime.Runtime, batch, req) -> None:
     info.reprefills = [*info.reprefills, [n, len(info.trace_steps)]]
     holes = rt.state.holes(row, n)
     runs = reprefill_runs(snap.pin_len, rt.config.page_size, holes, n)
-    rt.reprefilling[row] = runtime.Reprefill(req.rid, runs, n)
+    rt.reprefilling[row] = runtime.Reprefill(req.rid, req.kv, runs, n)
     carry.snapshot = None
     logger.info("raas_sglang: request %s resumes after a retraction: %d of %d tokens recomputed in %d runs "
                 "(%d pages evicted before)", req.rid, sum(b - a for a, b in runs), n, len(runs), len(holes))
@@ -250,73 +241,9 @@ def done_reprefilling(rt: runtime.Runtime, batch) -> None:
                 del rt.reprefilling[req.kv.req_pool_idx]
 
 
-# -- attention over rows with holes --------------------------------------------------------------------------
-
-def _holey_rows(rt: runtime.Runtime | None, req_pool_indices: torch.Tensor) -> bool:
-    if rt is None or not rt.reprefilling:
-        return False
-    return any(r in rt.reprefilling for r in req_pool_indices.tolist())
-
-
-def compact_rows(req_to_token: torch.Tensor, rows: list[int], seq_lens: list[int], holey: set[int], ps: int):
-    """A [bs, max n'] table of each row's slots without its hole entries (rows in `holey`; others as they are),
-    and the new lengths [bs]. NOTE: hole entries point at the padding page 0, which the allocator never hands out,
-    so `slot < ps` marks exactly the holes."""
-    lists = []
-    for row, n in zip(rows, seq_lens):
-        toks = req_to_token[row, :n]  # [n]
-        lists.append(toks[toks >= ps] if row in holey else toks)
-    lens = [len(t) for t in lists]
-    table = torch.zeros((len(lists), max(lens)), dtype=req_to_token.dtype, device=req_to_token.device)
-    for i, t in enumerate(lists):
-        table[i, : len(t)] = t
-    return table, lens
-
-
-def drop_holes(kv_indptr: torch.Tensor, kv_indices: torch.Tensor, ps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ragged prefix slot lists without hole entries (slot < ps). kv_indptr [bs + 1], kv_indices [>= indptr[-1]]."""
-    bs = kv_indptr.numel() - 1
-    idx = kv_indices[: int(kv_indptr[-1])]  # [sum n]
-    keep = idx >= ps
-    owner = torch.repeat_interleave(torch.arange(bs, device=idx.device), kv_indptr[1:] - kv_indptr[:-1])
-    indptr = torch.zeros_like(kv_indptr)
-    indptr[1:] = torch.cumsum(torch.bincount(owner[keep], minlength=bs), 0)
-    return indptr, idx[keep]
-
-
-def run_sdpa_forward_extend(orig, self, query, output, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens,
-                            extend_prefix_lens, extend_seq_lens, *a, **kw):
-    rt = runtime.get()
-    if not _holey_rows(rt, req_pool_indices):
-        return orig(self, query, output, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens,
-                    extend_prefix_lens, extend_seq_lens, *a, **kw)
-    table, lens = compact_rows(req_to_token, req_pool_indices.tolist(), seq_lens.tolist(), set(rt.reprefilling),
-                               rt.config.page_size)
-    lens = torch.tensor(lens, dtype=seq_lens.dtype, device=seq_lens.device)  # [bs]
-    rows = torch.arange(len(lens), dtype=req_pool_indices.dtype, device=req_pool_indices.device)
-    # NOTE: the new tokens stay at the tail of each compacted row, so causal attention = causal minus holes
-    return orig(self, query, output, k_cache, v_cache, table, rows, lens, lens - extend_seq_lens, extend_seq_lens,
-                *a, **kw)
-
-
-def triton_init_forward_metadata(result, self, forward_batch):
-    rt = runtime.get()
-    if not forward_batch.forward_mode.is_extend() or not _holey_rows(rt, forward_batch.req_pool_indices):
-        return result
-    md = self.forward_metadata
-    bs = len(forward_batch.req_pool_indices)
-    indptr, indices = drop_holes(md.kv_indptr[: bs + 1], md.kv_indices, rt.config.page_size)
-    self.forward_metadata = dataclasses.replace(md, kv_indptr=indptr, kv_indices=indices)
-    return result
-
-
 HOOKS = (
     ("sglang.srt.managers.schedule_batch.Req._compute_max_prefix_len", compute_max_prefix_len, "AROUND"),
     ("sglang.srt.managers.schedule_policy.PrefillAdder.add_chunked_req", add_chunked_req, "AROUND"),
     ("sglang.srt.managers.schedule_policy.PrefillAdder.add_one_req_ignore_eos", add_one_req_ignore_eos, "AROUND"),
     ("sglang.srt.mem_cache.allocation.alloc_for_extend", alloc_for_extend, "AROUND"),
-    ("sglang.srt.layers.attention.torch_native_backend.TorchNativeAttnBackend._run_sdpa_forward_extend",
-     run_sdpa_forward_extend, "AROUND"),
 )
-TRITON_MODULE = "sglang.srt.layers.attention.triton_backend"
-TRITON_HOOKS = ((TRITON_MODULE + ".TritonAttnBackend.init_forward_metadata", triton_init_forward_metadata, "AFTER"),)

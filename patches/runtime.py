@@ -13,62 +13,20 @@ Hooks upstream: none (this module holds state only).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from raas_sglang.config import RaasConfig
-from raas_sglang.core import RaasState, RowSnapshot
+from raas_sglang.core import RaasState
 from raas_sglang.policies import DENSE, PolicySet
 from raas_sglang.resident_attention import ResidentDecode
 from raas_sglang.scoring import PageKeyBounds
 from raas_sglang.step import DecodeStep, held_tokens
+from raas_sglang.patches.rows import Reprefill, RowInfo, Totals  # noqa: F401  (runtime.RowInfo, ...)
 from raas_sglang.patches.tensor_parallel import Ranks
 
 DENSE_PIN = 1 << 40  # pin_len of a row that never evicts (dense, quest): everything pinned
-
-
-@dataclass
-class RowInfo:
-    """Host-side facts of an admitted row (one per running request)."""
-
-    rid: str
-    raas: bool  # a budgeted policy (anything but dense)
-    policy: str = DENSE
-    trace: bool = False
-    peak_kv_tokens: int = 0
-    trace_steps: list = field(default_factory=list)  # [[decode_position, first, end], ...] per evicted page
-    evicted_at_release: int = 0  # set by `release`: the row's evicted pages then
-    kv: Any = None  # the request's SGLang `ReqKvInfo` at admission: row lookups from the KV side must match it
-    snapshot: RowSnapshot | None = None  # set by `release` on a retraction that left holes: resumed by re-prefill
-    reprefills: list = field(default_factory=list)  # [[seq_len, trace entries before it], ...] per resumption
-    kv_free: list = field(default_factory=list)  # traced: SGLang's allocator free count after each decode allocation
-
-
-@dataclass
-class Reprefill:
-    """A retracted request being recomputed after its holes were restored (`patches/reprefill.py`): the token
-    ranges still to compute, in order; each extend chunk covers (part of) the first one."""
-
-    rid: str
-    runs: list[tuple[int, int]]
-    n_tokens: int
-
-
-@dataclass
-class Totals:
-    evicted_pages: int = 0
-    admitted_raas: int = 0
-    admitted_dense: int = 0
-    # timing of the decode path (bench.overhead reads the difference of two snapshots)
-    decode_steps: int = 0
-    step_seconds: float = 0.0  # wall time between consecutive decode steps' allocations
-    raas_seconds: float = 0.0  # time spent inside RaaS code on the decode path (bookkeeping, scoring, tables)
-    raas_parts: dict = field(default_factory=dict)  # the same, split by part ("schedule", "tables", "layers")
-    last_step_start: float = 0.0
-    kernel_layer_calls: int = 0  # layers decoded by the plugin's triton kernel (--raas-score exact on triton)
-    free_low_water: int | None = None  # allocator's lowest free tokens after a decode allocation since a flush
 
 
 class Runtime:
@@ -181,52 +139,10 @@ class Runtime:
     def resident_pages(self) -> int:  # decode pages resident in RaaS rows right now
         return 0 if self.state is None else int(self.state.count.sum())
 
-    def summary(self) -> dict:
-        """The scheduler's `raas` entry in `/get_server_info` (JSON-safe). `free_tokens + evictable_tokens` equals
-        the pool size when no request holds KV (no leak, I3)."""
-        pool = {}
-        if self.allocator is not None:
-            pool = {
-                "free_tokens": int(self.allocator.available_size()),
-                "evictable_tokens": int(self.tree_cache.evictable_size()),
-                "protected_tokens": int(self.tree_cache.protected_size()),
-                "pool_tokens": int(self.allocator.size),
-            }
-        return {
-            **pool,
-            **self.config.to_dict(),
-            "evicted_pages_total": self.totals.evicted_pages,
-            "resident_pages": self.resident_pages(),
-            "running_requests": len(self.rows),
-            "running_raas_requests": sum(1 for i in self.rows.values() if i.raas),
-            "admitted_raas_total": self.totals.admitted_raas,
-            "admitted_dense_total": self.totals.admitted_dense,
-            "decode_steps": self.totals.decode_steps,
-            "step_seconds": self.totals.step_seconds,
-            "raas_seconds": self.totals.raas_seconds,
-            "raas_seconds_by_part": dict(self.totals.raas_parts),
-            "exact_kernel_layer_calls": self.totals.kernel_layer_calls,
-            "kv_free_low_water_tokens": self.totals.free_low_water,
-            "key_bounds_bytes": 0 if self.bounds is None else sum(kb.numel() * kb.element_size() for kb in self.bounds.kb),
-            "pool_tokens_before_bounds": None if self.pool_plan is None else self.pool_plan.tokens_before,
-        }
-
-    def report(self, row: int, info: RowInfo) -> dict:
-        """The request's `meta_info["raas"]`: JSON-safe."""
-        out = {
-            "policy": info.policy,
-            "budget_tokens": int(self.state.limit[row]) * self.config.page_size if info.raas else None,
-            "evicted_pages": int(self.state.evicted[row]),
-            "peak_kv_tokens": info.peak_kv_tokens,
-            # resumptions after a retraction that recomputed only the pinned prompt and the kept pages (I4 held)
-            "bounded_reprefills": len(info.reprefills),
-        }
-        if info.trace:
-            out["trace"] = info.trace_steps
-            out["kv_free"] = info.kv_free
-            if info.reprefills:
-                out["reprefills"] = info.reprefills
-        return out
+    def row_of(self, req: Any) -> RowInfo | None:
+        """The admitted row of the scheduler `Req` `req`, or None (the one notion of "this row is this request's";
+        see `row_of_kv`)."""
+        return self.row_of_kv(req.kv)
 
     def row_of_kv(self, kv: Any) -> RowInfo | None:
         """The admitted row whose request owns SGLang's `kv` (a `ReqKvInfo`), or None. NOTE: a row is reused by

@@ -27,8 +27,7 @@ def _admit_new_rows(rt: runtime.Runtime, batch) -> None:
     """Admit rows whose request changed since the last step (a Python loop over requests, not tokens)."""
     for req in batch.reqs:
         row = req.kv.req_pool_idx
-        info = rt.rows.get(row)
-        if info is not None and info.rid == req.rid:
+        if rt.row_of(req) is not None:
             continue
         policy, budget_pages, trace = request_policy(req, rt.config)
         # NOTE: pinned = the prompt, including any radix-matched prefix (a retracted request may have matched
@@ -68,8 +67,7 @@ def abort_lost(rt: runtime.Runtime, batch, lost_rows: list[int]) -> None:
     from sglang.srt.managers.schedule_batch import FINISH_ABORT
 
     for req in batch.reqs:
-        info = rt.rows.get(req.kv.req_pool_idx)
-        if req.kv.req_pool_idx in lost_rows and info is not None and info.rid == req.rid:
+        if req.kv.req_pool_idx in lost_rows and rt.row_of(req) is not None:
             msg = (f"raas_sglang: request {req.rid}: a KV page it still held was already freed (broken invariant); "
                    "the request is aborted, the server goes on")
             logger.error(msg)
@@ -101,8 +99,8 @@ def alloc_for_decode(orig, batch, token_per_req):
         rt.totals.free_low_water = free
     if rt.traced:  # a traced request's memory curve, as the allocator counts it (bench.memory)
         for req in batch.reqs:
-            info = rt.rows.get(req.kv.req_pool_idx)
-            if info is not None and info.trace and info.rid == req.rid:
+            info = rt.row_of(req)
+            if info is not None and info.trace:
                 info.kv_free.append(free)
     if opening:
         with runtime.timed(rt, "schedule"):
@@ -128,7 +126,7 @@ def new_tokens_required_next_decode(orig, self, selected_indices=None):
     if rt is None or rt.state is None or not self.spec_algorithm.is_none():
         return tokens
     reqs = self.reqs if selected_indices is None else [self.reqs[i] for i in selected_indices]
-    admitted = [r for r in reqs if (info := rt.rows.get(r.kv.req_pool_idx)) is not None and info.rid == r.rid]
+    admitted = [r for r in reqs if rt.row_of(r) is not None]
     if not admitted:
         return tokens
     dev = rt.state.device

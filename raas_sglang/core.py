@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 import torch
 
+from raas_sglang.holes import hole_pages
 from raas_sglang.policies import DENSE_ID, PolicySet
 from raas_sglang.policies.base import EMPTY
 
@@ -50,39 +51,6 @@ class RowSnapshot(NamedTuple):
     sparse_from: int
 
 
-def hole_pages(resident: list[int], first_decode_page: int, upto_page: int | None = None) -> list[int]:
-    """Evicted decode pages, ascending: pages are opened in order and the newest is never evicted, so the holes are
-    the non-resident pages from the first decode page up to the newest resident one (and below `upto_page`)."""
-    newest = max(resident) if resident else first_decode_page - 1
-    last = newest + 1 if upto_page is None else min(upto_page, newest + 1)
-    kept = set(resident)
-    return [p for p in range(first_decode_page, last) if p not in kept]
-
-
-def reprefill_runs(pin_len: int, page_size: int, holes: list[int], n_tokens: int) -> list[tuple[int, int]]:
-    """The token ranges a retracted request recomputes to resume with its kept pages: [0, n_tokens) minus its
-    hole pages, ascending, as maximal runs; the last run is split where position `n_tokens - 1` opens a decode page
-    (that page opens, and may evict, as it would in a decode step). `holes` = logical page indices, ascending.
-
-    >>> reprefill_runs(40, 16, [4, 5, 7], 150)
-    [(0, 64), (96, 112), (128, 150)]
-    """
-    runs, start = [], 0
-    for p in holes:
-        lo, hi = p * page_size, (p + 1) * page_size
-        if lo > start:
-            runs.append((start, lo))
-        start = max(start, hi)
-    if start < n_tokens:
-        runs.append((start, n_tokens))
-    last = n_tokens - 1
-    first_decode = -(-pin_len // page_size) * page_size
-    if runs and last % page_size == 0 and last >= first_decode and runs[-1][0] < last:
-        lo, hi = runs.pop()
-        runs += [(lo, last), (last, hi)]
-    return runs
-
-
 class RaasState:
     """Batched per-row state of the budgeted KV policies; each row runs one policy of `policies` (or is dense).
 
@@ -99,9 +67,8 @@ class RaasState:
     step    [rows]    int64  the request's own decode steps so far (0 at its first decode step)
     evicted [rows]    int64  pages evicted from the row since admit
     limit   [rows]    int64  the row's page limit (<= L)
-    sparse_from [rows] int64 the first position whose KV was computed attending less than every earlier position
-                             (a hole, a prompt window or a page selection; DENSE_FROM: none): only KV before it
-                             equals what dense attention computes, so only that may enter the shared radix tree
+    sparse_from [rows] int64 first position whose KV was computed attending less than all before it (a hole, a
+                             window, a selection; DENSE_FROM: none): only KV before it may enter the radix tree
     """
 
     def __init__(
@@ -265,22 +232,19 @@ class RaasState:
         return sorted(p[p != EMPTY].tolist())
 
     def holes(self, row: int, upto_tokens: int) -> list[int]:
-        """Logical indices of the row's evicted decode pages below `upto_tokens`, ascending (a host list; for
-        release and checkpoint paths, not the decode step). Pages are opened in order and the newest is never
-        evicted, so the holes are the non-resident pages between the first decode page and the newest one."""
+        """Logical indices of the row's evicted decode pages below `upto_tokens`, ascending (a host list for the
+        release and checkpoint paths, not the decode step; `holes.hole_pages`)."""
         if int(self.evicted[row]) == 0:
             return []
         first = int(self.first_decode_page(torch.tensor([row], device=self.device))[0])
         return hole_pages(self.resident_pages(row), first, -(-upto_tokens // self.page_size))
 
     def dense_prefix(self, row: int, seq_len: int) -> int:
-        """How many leading positions of the row hold KV equal to dense attention's: up to its first hole and its
-        first position computed under a window or a page selection, at most `seq_len`. The radix tree may
-        receive at most `[0, dense_prefix)` (it page-floors it)."""
+        """Leading positions whose KV equals dense attention's (before the first hole and `sparse_from`, at most
+        `seq_len`): the radix tree may receive at most `[0, dense_prefix)` (it page-floors it)."""
         return min(self.first_hole(row, seq_len), int(self.sparse_from[row]))
 
     def first_hole(self, row: int, seq_len: int) -> int:
-        """The first logical token position whose KV slot was evicted, or `seq_len` if none: the radix tree may
-        receive at most `[0, first_hole)` (the tree page-floors it)."""
+        """The first logical token position whose KV slot was evicted, or `seq_len` if none."""
         holes = self.holes(row, seq_len)
         return min(seq_len, holes[0] * self.page_size) if holes else seq_len

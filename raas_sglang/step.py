@@ -96,9 +96,8 @@ def selection_ends(state: RaasState, rows: torch.Tensor, seq_lens: torch.Tensor)
 
 def attends_subset(state: RaasState, rows: torch.Tensor, seq_lens: torch.Tensor,
                    cand_end: torch.Tensor | None) -> torch.Tensor:
-    """[bs] bool: rows whose attention this forward reads less than all their earlier positions: a hole, pinned
-    positions outside their prompt window, or a Quest selection with more candidate pages than the row's limit
-    (`quest_keep` keeps `limit` of them). rows, seq_lens [bs] int64; cand_end as in `ResidentTable`."""
+    """[bs] bool: rows that attend less than all earlier positions this forward (a hole, a prompt window, or more
+    Quest candidate pages than their limit). rows, seq_lens [bs] int64; cand_end as in `ResidentTable`."""
     _, (a, b) = prompt_window(state, rows, seq_lens)
     subset = (state.evicted[rows] > 0) | (a < b)
     if cand_end is not None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from raas_sglang.core import EMPTY, RaasState, hole_pages, reprefill_runs
+from raas_sglang.core import EMPTY, RaasState
+from raas_sglang.holes import hole_pages, reprefill_runs
 
 
 def test_runs_skip_holes_and_split_at_a_new_last_page():
@@ -46,7 +47,7 @@ def test_snapshot_restores_the_row_on_another_row():
 
 
 def test_extend_attention_skips_hole_entries():
-    from raas_sglang.patches.reprefill import compact_rows, drop_holes
+    from raas_sglang.patches.reprefill_attention import compact_rows, drop_holes
 
     ps = 4
     rtt = torch.zeros((3, 16), dtype=torch.int32)
