@@ -12,8 +12,12 @@ Upstream symbols hooked (sglang 0.5.23): `sglang.srt.managers.scheduler.Schedule
 pool and allocator exist (`self.tp_worker.model_runner`: `.model`, `.token_to_kv_pool`,
 `.token_to_kv_pool_allocator`, `.kv_cache_dtype`), no request has been served. A refused server raises
 `ModelRefused` there: SGLang's `run_scheduler_process` logs it ("Scheduler hit an exception") and stops the
-launcher, so the launch fails with the message in its log. Then, under tensor parallel, the ranks compare their
-RaaS settings (`tensor_parallel.check_settings_agree`): nodes started with different `RAAS_*` environments stop.
+launcher, so the launch fails with the message in its log. Under tensor parallel the ranks first compare their
+RaaS settings and verdicts (`tensor_parallel.check_settings_agree`), dense servers included: nodes started with
+different flags or `RAAS_*` environments stop on every rank, none waits in a collective.
+The layers read must cover the KV pool's layers one to one (`pool.layer_num` layers from `pool.start_layer`): a
+backend that keeps its attention outside the module tree (SGLang's Transformers backend) is refused, not taken as
+windowless.
 Read: `sglang.srt.layers.radix_attention.RadixAttention` (`layer_id`, `sliding_window_size`, `logit_cap`,
 `k_scale_float`, `v_scale_float`, `xai_temperature_len`); an attention module's `sinks` / `attention_sink_bias`.
 """
@@ -22,13 +26,13 @@ from __future__ import annotations
 
 import logging
 
-from raas_sglang.patches import runtime, tensor_parallel
+from raas_sglang.patches import tensor_parallel
 from raas_sglang.patches.server_args import config_of
 from raas_sglang.refusals import AttnLayer, Loaded, VersionMismatch, loaded_refusal
 
 logger = logging.getLogger("raas_sglang")
 
-_SINK_ATTRS = ("sinks", "attention_sink_bias")
+_SINK_ATTRS = ("sinks", "attention_sink_bias", "sink_k")
 
 
 class ModelRefused(RuntimeError):
@@ -40,16 +44,14 @@ def _scaled(value) -> bool:
 
 
 def attention_layers(model) -> tuple[AttnLayer, ...]:
-    """Every `RadixAttention` of the loaded model, as `AttnLayer` facts."""
+    """Every `RadixAttention` in the loaded model's module tree, as `AttnLayer` facts. NOTE: sink logits are
+    looked for on every module (a layer list may sit between them and the attention): one anywhere marks every
+    layer, which only makes `--raas-score exact` on triton refuse."""
     from sglang.srt.layers.radix_attention import RadixAttention
 
-    layers = []
-    for module in model.modules():
-        sinks = any(getattr(module, a, None) is not None for a in _SINK_ATTRS)
-        for child in module.children():
-            if isinstance(child, RadixAttention):
-                layers.append(_layer(child, sinks))
-    return tuple(layers)
+    modules = list(model.modules())
+    sinks = any(getattr(m, a, None) is not None for m in modules for a in _SINK_ATTRS)
+    return tuple(_layer(m, sinks) for m in modules if isinstance(m, RadixAttention))
 
 
 def _layer(attn, sinks: bool) -> AttnLayer:
@@ -70,21 +72,21 @@ def loaded_view(scheduler) -> Loaded:
     """What the loaded rows read, from a scheduler whose model runner is built."""
     runner = scheduler.tp_worker.model_runner
     pool, allocator = runner.token_to_kv_pool, runner.token_to_kv_pool_allocator
+    pool_layers = tuple(range(int(pool.start_layer), int(pool.start_layer) + int(pool.layer_num)))  # end: exclusive
     return Loaded(config_of(scheduler.server_args), type(pool).__name__, type(allocator).__name__,
-                  int(allocator.page_size), str(runner.kv_cache_dtype), attention_layers(runner.model))
+                  int(allocator.page_size), pool_layers, attention_layers(runner.model))
 
 
 def scheduler_init(result, self, *args, **kwargs):
-    """AFTER hook on `Scheduler.__init__`."""
-    if not config_of(self.server_args).enabled:
-        return result
-    refused = loaded_refusal(loaded_view(self))
+    """AFTER hook on `Scheduler.__init__`, on every server (a dense one only takes part in the ranks' check)."""
+    config = config_of(self.server_args)
+    refused = loaded_refusal(loaded_view(self)) if config.enabled else None
+    # NOTE: under tensor parallel every rank exchanges its settings and verdict before any rank raises: a rank that
+    # raised alone would leave the others waiting in the next collective (nodes launch with their own flags)
+    tensor_parallel.check_settings_agree(config, int(self.server_args.tp_size or 1), refused)
     if refused is not None:
         logger.error("raas_sglang: %s", refused)
         raise ModelRefused(f"raas_sglang: {refused}")
-    rt = runtime.get()
-    if rt is not None:  # NOTE: every TP rank reaches this point (the same model refuses on every rank above)
-        tensor_parallel.check_settings_agree(rt)
     return result
 
 

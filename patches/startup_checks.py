@@ -65,9 +65,11 @@ def check_server_args(result, self, *args, **kwargs):
     refused = startup_refusal(Startup(view, config, model, _linear_attention(model), _rust_server()))
     if refused is not None:
         _refuse(self, refused[1])
-    exact_kernel = config.score == "exact" and (view.decode_attention_backend or view.attention_backend) == "triton"
+    decode_backend = str(view.decode_attention_backend or view.attention_backend)
+    exact_kernel = config.score == "exact" and decode_backend == "triton"
     # NOTE: the launcher's tokenizer side and (pickled with the args) every child see the same record
-    setattr(self, ATTR, dataclasses.replace(config, exact_kernel=exact_kernel, tp_size=int(view.tp_size or 1)))
+    setattr(self, ATTR, dataclasses.replace(config, exact_kernel=exact_kernel, tp_size=int(view.tp_size or 1),
+                                            decode_backend=decode_backend))
     return result
 
 

@@ -10,11 +10,11 @@ evictions and allocation, each rank hashes its RaaS state, the batch and SGLang'
 compare digests over the TP group's CPU (gloo) group; on any difference every rank raises `RanksDisagree`, which
 stops the server (SGLang's scheduler treats an exception in its loop as fatal).
 
-Ranks also agree on their settings before serving (`check_settings_agree`, always on at tp > 1): each rank's
-`RaasConfig`, its policy registry (names in id order, from `RAAS_POLICY_MODULES` and entry points) and whether
-its per-step check is on (`RAAS_CHECK_RANKS`) are read per process, so a `--nnodes` launch whose nodes were
-started with different environments would take different decisions or call different collectives (and hang);
-instead every rank stops at startup naming the difference.
+Ranks also agree on their settings before serving (`check_settings_agree`, always on at tp > 1, dense included):
+each rank's `RaasConfig`, its policy registry (names in id order, from `RAAS_POLICY_MODULES` and entry points),
+whether its per-step check is on (`RAAS_CHECK_RANKS`) and its verdict on the loaded model are decided per process
+(each node of a `--nnodes` launch parses its own flags and environment), so ranks that differ would take
+different decisions or call different collectives (and hang); instead every rank stops at startup.
 
 Upstream symbols used (sglang 0.5.23, `sglang/srt/distributed/parallel_state.py`): `get_tp_group()` -> the
 `GroupCoordinator` with `world_size`, `rank_in_group`, `device_group` (gloo on CPU, NCCL on CUDA) and
@@ -87,24 +87,27 @@ def state_digest(rt: Any, batch: Any) -> int:
     return int.from_bytes(h.digest(), "little", signed=True)
 
 
-def settings_digest(rt: Any) -> int:
-    """A 64-bit hash of what every rank must share before serving: its RaaS config, policy registry and whether
-    the per-step check runs."""
+def settings_digest(config: Any, ranks: Ranks, refused: str | None) -> int:
+    """A 64-bit hash of what every rank must share before serving: its RaaS config, policy registry, whether the
+    per-step check runs, and its verdict on the loaded model."""
     from raas_sglang.policies import REGISTRY
 
     h = hashlib.blake2b(digest_size=8)
-    h.update(repr((sorted(rt.config.to_dict().items()), list(REGISTRY), rt.ranks.check)).encode())
+    h.update(repr((sorted(config.to_dict().items()), list(REGISTRY), ranks.check, refused)).encode())
     return int.from_bytes(h.digest(), "little", signed=True)
 
 
-def check_settings_agree(rt: Any) -> None:
-    """Once per rank, before serving (a no-op at tp 1): the ranks' settings digests must be equal."""
+def check_settings_agree(config: Any, tp_size: int, refused: str | None) -> None:
+    """Once per rank, before serving (a no-op at tp 1): the ranks' settings digests must be equal, else every
+    rank raises `RanksDisagree`."""
     from raas_sglang.policies import REGISTRY
 
-    if rt.ranks.size > 1:
-        mine = f"rank {rt.ranks.rank}: policies {', '.join(REGISTRY)}, {CHECK_ENV} {'on' if rt.ranks.check else 'off'}"
-        rt.ranks.agree(settings_digest(rt), f"settings at startup ({mine}; were the nodes started with different "
-                       f"RAAS_* environments?)")
+    ranks = Ranks.of_process(tp_size)
+    if ranks.size > 1:
+        mine = (f"rank {ranks.rank}: --kv-policy {config.policy}, policies {', '.join(REGISTRY)}, {CHECK_ENV} "
+                f"{'on' if ranks.check else 'off'}, model {'refused' if refused else 'accepted'}")
+        ranks.agree(settings_digest(config, ranks, refused), f"settings at startup ({mine}; were the nodes started "
+                    "with different flags or RAAS_* environments?)")
 
 
 def check_ranks_agree(rt: Any, batch: Any) -> None:

@@ -71,6 +71,9 @@ class RaasConfig:
     # set at startup from --tp-size: the ranks whose page scores are combined each step (patches/tensor_parallel);
     # the selecting policies pick pages per layer per rank and are refused per request when it is above 1
     tp_size: int = 1
+    # set at startup: the resolved decode attention backend (Quest page selection runs on torch_native only, so a
+    # selecting policy is refused per request elsewhere); "" = not resolved (refused as well)
+    decode_backend: str = ""
 
     @property
     def enabled(self) -> bool:

@@ -142,13 +142,21 @@ class AttnLayer(NamedTuple):
 
 class Loaded(Fields):
     """What the loaded rows read, in each scheduler process after SGLang built the model, the KV pool and the
-    allocator: the class names of the pool and allocator, the allocator's page size, the KV dtype, the decode
-    backend and each attention layer (`AttnLayer`)."""
+    allocator: the class names of the pool and allocator, the allocator's page size, the layer ids the pool holds
+    KV for, and each attention layer found in the model's module tree (`AttnLayer`)."""
 
-    def __init__(self, config: RaasConfig, pool: str, allocator: str, allocator_page_size: int, kv_dtype: str,
-                 layers: tuple[AttnLayer, ...]):
+    def __init__(self, config: RaasConfig, pool: str, allocator: str, allocator_page_size: int,
+                 pool_layers: tuple[int, ...], layers: tuple[AttnLayer, ...]):
         self.config, self.pool, self.allocator = config, pool, allocator
-        self.allocator_page_size, self.kv_dtype, self.layers = allocator_page_size, kv_dtype, layers
+        self.allocator_page_size, self.pool_layers, self.layers = allocator_page_size, pool_layers, layers
+
+    @property
+    def unread_layers(self) -> str:
+        """The pool's layers without exactly one attention layer found for them, in words ('' when none)."""
+        found = [x.layer_id for x in self.layers]
+        missing = [i for i in self.pool_layers if found.count(i) != 1]
+        extra = sorted(set(found) - set(self.pool_layers))
+        return ", ".join(str(i) for i in missing + extra)
 
     policy = property(lambda self: self.config.policy)
     page_size = property(lambda self: self.config.page_size)
@@ -171,14 +179,17 @@ class Loaded(Fields):
 class Request(Fields):
     """What the request rows read: the request's `custom_params` and `beam_width`, and the server's config."""
 
-    def __init__(self, params: Mapping[str, Any] | None, server: RaasConfig, beam_width: int | None = None):
-        self.params, self.server, self.beam_width = params or {}, server, beam_width or 1
+    def __init__(self, params: Any, server: RaasConfig, beam_width: int | None = None):
+        self.raw = params  # NOTE: a row refuses anything but a mapping (or nothing) before the others read it
+        self.params = params if isinstance(params, Mapping) else {}
+        self.server, self.beam_width = server, beam_width or 1
 
     policy = property(lambda self: self.params.get("kv_policy", self.server.policy))
     budget = property(lambda self: self.params.get("raas_budget"))
     trace = property(lambda self: self.params.get("raas_trace", False))
     server_budget = property(lambda self: self.server.budget_tokens)
     tp = property(lambda self: self.server.tp_size)
+    params_type = property(lambda self: type(self.raw).__name__)
     page_size = property(lambda self: self.server.page_size)
     min_tokens = property(lambda self: cfg.MIN_BUDGET_PAGES * self.server.page_size)
 

@@ -12,6 +12,9 @@ from raas_sglang.policies import DENSE
 from raas_sglang.refusal_context import Refusal, Request
 
 REQUEST = (
+    Refusal("request.custom-params.type", "`custom_params` is not a JSON object",
+            "custom_params: must be a JSON object, got {params_type}",
+            lambda r: r.raw is not None and not isinstance(r.raw, Mapping)),
     Refusal("request.beam-search", "`beam_width` above 1 on a budgeted server",
             "beam_width: beam search is not supported with --kv-policy raas yet; use a dense server",
             lambda r: r.server.enabled and r.beam_width > 1),
@@ -35,6 +38,11 @@ REQUEST = (
             "custom_params.kv_policy: {policy!r} needs page key bounds, kept only by servers started with "
             "--kv-policy quest or raas+quest, or with --raas-score quest",
             lambda r: r.policy in cfg.SELECTING and not r.server.keeps_bounds),
+    Refusal("request.kv-policy.selection-backend",
+            "a selecting `custom_params.kv_policy` on a server whose decode backend is not torch_native",
+            "custom_params.kv_policy: {policy!r} is not available on this server (Quest page selection runs on "
+            "the torch_native decode backend only); use raas, streaming, h2o or dense here",
+            lambda r: r.policy in cfg.SELECTING and r.server.decode_backend != "torch_native"),
     Refusal("request.raas-budget.above-server", "`custom_params.raas_budget` above the server's `--raas-budget`",
             "custom_params.raas_budget: must be at most the server's --raas-budget ({server_budget} tokens), got "
             "{budget_shown}",

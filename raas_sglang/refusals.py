@@ -177,6 +177,12 @@ LOADED = (
             "the KV pool SGLang built for this model ({pool} with {allocator}; RaaS frees pages of a per-head "
             "paged pool only); use --kv-policy dense for this model",
             lambda x: x.pool not in SUPPORTED_POOLS or x.allocator not in SUPPORTED_ALLOCATORS),
+    Refusal("loaded.attention-layers", "the attention layers found in the loaded model do not cover the KV pool's "
+            "layers one to one (e.g. SGLang's Transformers backend, `--model-impl transformers`, keeps them outside "
+            "the module tree)",
+            "a model whose attention layers RaaS cannot read (KV pool layers {unread_layers} have no single "
+            "RadixAttention in the model's modules: their windows and caps are unknown); use --kv-policy dense, or "
+            "SGLang's native implementation of the model", lambda x: bool(x.unread_layers)),
     Refusal("loaded.page-size", "the allocator's page size differs from the one RaaS fixed",
             "a page size of {allocator_page_size} tokens in SGLang's allocator (RaaS fixed {page_size}: evicting "
             "RaaS pages would free other tokens); use --kv-policy dense with these options",

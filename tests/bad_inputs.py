@@ -53,6 +53,7 @@ class Built(NamedTuple):
     pool: str = "MHATokenToKVPool"
     allocator: str = "PagedTokenToKVPoolAllocator"
     page_size: int = 16
+    pool_layers: tuple | None = None  # the layer ids the KV pool holds; None: the layers' ids
     sinks: bool = False
     flags: dict[str, Any] = {"kv_policy": "raas"}
     exact_kernel: bool = False
@@ -219,6 +220,12 @@ CASES = (
                 _UNSUPPORTED + "hybrid linear-attention or state-space models"),
     ModelLaunch("gpt-oss", "startup.sliding-window-model", "gpt-oss", [*_RAAS, "--attention-backend", "triton", *_POOL],
                 _UNSUPPORTED + "sliding-window or chunked-attention models"),
+    ModelLaunch("gpt-oss-no-swa-pool", "loaded.sliding-window", "gpt-oss",
+                [*_RAAS, "--attention-backend", "triton", "--disable-hybrid-swa-memory", "--moe-runner-backend",
+                 "triton", "--disable-cuda-graph", *_POOL],
+                _UNSUPPORTED + "sliding-window attention (1 of 2 layers, window 31"),
+    ModelLaunch("llama4", "startup.sliding-window-model", "llama4", [*_RAAS, *_POOL],
+                _UNSUPPORTED + "sliding-window or chunked-attention models"),
     ModelLaunch("gemma3", "loaded.sliding-window", "gemma3", [*_RAAS, *_POOL],
                 _UNSUPPORTED + "sliding-window attention (5 of 6 layers, window 31: a windowed layer would attend "
                 "evicted pages"),
@@ -228,6 +235,8 @@ CASES = (
           "with PagedTokenToKVPoolAllocator", pool="MLATokenToKVPool"),
     Built("swa-allocator", "loaded.kv-pool", _UNSUPPORTED + "the KV pool SGLang built for this model "
           "(MHATokenToKVPool with SWATokenToKVPoolAllocator", allocator="SWATokenToKVPoolAllocator"),
+    Built("layers-outside-modules", "loaded.attention-layers", _UNSUPPORTED + "a model whose attention layers RaaS "
+          "cannot read (KV pool layers 0, 1 have no single RadixAttention", layers=(), pool_layers=(0, 1)),
     Built("allocator-page-size", "loaded.page-size", _UNSUPPORTED + "a page size of 64 tokens in SGLang's allocator "
           "(RaaS fixed 16", page_size=64),
     Built("window-layer", "loaded.sliding-window", _UNSUPPORTED + "sliding-window attention (1 of 2 layers, window "
@@ -238,8 +247,6 @@ CASES = (
     Built("exact-kernel-sinks", "loaded.exact-kernel-features", _UNSUPPORTED + "--raas-score exact on triton for "
           "a model with attention sinks", sinks=True, flags={"kv_policy": "raas", "raas_score": "exact"},
           exact_kernel=True),
-    Resolved("chunked-attention-model", "startup.sliding-window-model", {},
-             _UNSUPPORTED + "sliding-window or chunked-attention models", model={"attention_chunk_size": 8192}),
     Resolved("encoder-decoder-model", "startup.encoder-decoder-model", {},
              _UNSUPPORTED + "encoder-decoder models; use --kv-policy dense for this model",
              model={"is_encoder_decoder": True}),
@@ -263,6 +270,12 @@ CASES = (
             "custom_params.raas_budget: must be a positive integer"),
     Request("budget-bool", "request.raas-budget.type", {"raas_budget": True},
             "custom_params.raas_budget: must be a positive integer"),
+    Request("custom-params-list", "request.custom-params.type", [1, 2], "custom_params: must be a JSON object, got list",
+            server=TEST_SERVER),
+    Request("quest-on-triton", "request.kv-policy.selection-backend", {"kv_policy": "quest"},
+            "custom_params.kv_policy: 'quest' is not available on this server (Quest page selection runs on the "
+            "torch_native",
+            server={**TEST_SERVER, "score": "quest", "decode_backend": "triton"}),
     Request("policy-unknown", "request.kv-policy", {"kv_policy": "lru"},
             "custom_params.kv_policy: must be one of dense, raas"),
     Request("policy-not-string", "request.kv-policy", {"kv_policy": 3},
@@ -307,8 +320,9 @@ def _input(case) -> str:
         flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in case.flags.items())
         layers = "; ".join(", ".join(f"{k}={v}" for k, v in layer.items()) or "plain" for layer in case.layers)
         extra = ", sinks" if case.sinks else ""
+        pool_layers = "" if case.pool_layers is None else f", pool layers {list(case.pool_layers)}"
         return (f"`{flags}`, layers: `{layers}`{extra}, `{case.pool}` / `{case.allocator}`, page "
-                f"{case.page_size}")
+                f"{case.page_size}{pool_layers}")
     if isinstance(case, Resolved):
         flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in case.flags.items())
         changes = [f"{k}={v}" for k, v in case.view.items()] + [f"model.{k}={v}" for k, v in case.model.items()]

@@ -45,9 +45,24 @@ def test_built_case(case):
         import dataclasses
 
         config = dataclasses.replace(config, exact_kernel=True)
-    loaded = Loaded(config, c.pool, c.allocator, c.page_size, "torch.float32", attention_layers(_model(c)))
+    layers = attention_layers(_model(c))
+    pool_layers = tuple(x.layer_id for x in layers) if c.pool_layers is None else c.pool_layers
+    loaded = Loaded(config, c.pool, c.allocator, c.page_size, pool_layers, layers)
     message = loaded_refusal(loaded)
     assert message is not None and message.startswith(c.message) and "\n" not in message, message
+
+
+def test_layers_must_cover_the_pool_one_to_one():
+    """A layer the pool holds KV for but the module tree does not show (SGLang's Transformers backend keeps its
+    attention in a plain dict), or shows twice, is refused: its window would be unknown."""
+    from sglang.srt.layers.radix_attention import RadixAttention
+
+    twice = attention_layers(torch.nn.Sequential(_Block(RadixAttention(**BASE_LAYER), False),
+                                                 _Block(RadixAttention(**BASE_LAYER), False)))
+    for layers, pool_layers, unread in (((), (0, 1), "0, 1"), (twice, (0,), "0"), (twice[:1], (0, 1), "1")):
+        loaded = Loaded(resolve({"kv_policy": "raas"}, 16), "MHATokenToKVPool", "PagedTokenToKVPoolAllocator", 16,
+                        pool_layers, layers)
+        assert loaded.unread_layers == unread and "cannot read" in loaded_refusal(loaded)
 
 
 def test_plain_layers_pass():
@@ -60,9 +75,9 @@ def test_plain_layers_pass():
     assert [(x.window, x.logit_cap, x.sinks) for x in layers] == [(-1, 0.0, False)]
     for policy in ("raas", "streaming", "h2o", "quest", "raas+quest"):
         loaded = Loaded(resolve({"kv_policy": policy}, 16), "MHATokenToKVPool", "PagedTokenToKVPoolAllocator", 16,
-                        "torch.float32", layers)
+                        (0,), layers)
         assert loaded_refusal(loaded) is None, policy
     windowed = attention_layers(torch.nn.Sequential(_Block(RadixAttention(**BASE_LAYER, sliding_window_size=7), True)))
     assert [(x.window, x.sinks) for x in windowed] == [(7, True)]
-    dense = Loaded(resolve({}, 16), "MLATokenToKVPool", "SWATokenToKVPoolAllocator", 64, "torch.float32", windowed)
+    dense = Loaded(resolve({}, 16), "MLATokenToKVPool", "SWATokenToKVPoolAllocator", 64, (0, 1), windowed)
     assert loaded_refusal(dense) is None  # dense is stock SGLang: never checked
