@@ -145,17 +145,19 @@ def test_two_nodes(model_dir, raas_server, tmp_path):
         node1.stop()
 
 
-@pytest.mark.slow  # ~40 s: two launchers side by side on 2 cores
-def test_two_nodes_with_different_environments_stop_at_startup(model_dir, tmp_path):
+@pytest.mark.slow  # ~40 s each: two launchers side by side on 2 cores
+@pytest.mark.parametrize("node1_differs", ["environment", "flags"])
+def test_two_nodes_with_different_settings_stop_at_startup(model_dir, tmp_path, node1_differs):
     """#22 item 6: node 1 started without the RAAS_* environment of node 0 (no extra policy module, no per-step
-    check): every rank stops before serving, naming the settings they disagree on, instead of hanging in a
-    collective or deciding differently."""
+    check), or with another budget: every rank stops before serving, naming the settings they disagree on,
+    instead of hanging in a collective or deciding differently."""
     from raas_sglang.dev.launch import ServerFailed, free_port, spawn, start_server
 
     flags = [*SMALL_POOL, *RAAS_SERVER_ARGS, "--tp-size", "2", "--nnodes", "2",
              "--dist-init-addr", f"127.0.0.1:{free_port()}"]
     env0 = {**STRICT_ENV, "RAAS_POLICY_MODULES": str(LIFO_POLICY_FILE), "RAAS_CHECK_RANKS": "1"}
-    node1 = spawn(model_dir, [*flags, "--node-rank", "1"], env=dict(STRICT_ENV), log_path=tmp_path / "node1.log")
+    env1, flags1 = (dict(STRICT_ENV), flags) if node1_differs == "environment" else (env0, [*flags, "--raas-budget", "128"])
+    node1 = spawn(model_dir, [*flags1, "--node-rank", "1"], env=env1, log_path=tmp_path / "node1.log")
     try:
         with pytest.raises(ServerFailed):
             start_server(model_dir, [*flags, "--node-rank", "0"], env=env0, log_path=tmp_path / "node0.log",
