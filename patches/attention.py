@@ -80,18 +80,20 @@ def _build_step(rt: runtime.Runtime, backend, forward_batch, kind: Backend) -> D
     fwd = DecodeStep(rows, seq_lens, last_layer=rt.num_layers - 1)
     scoring = bool((state.count[rows] > 0).any())
     holes = bool((state.evicted[rows] > 0).any())
-    cand_end = None
+    cand_end, window = None, None
     if kind is Backend.TRITON and config.exact_kernel:  # NOTE: no selecting policy runs on such a server
         if scoring or holes:
-            fwd.window = prompt_window(state, rows, seq_lens)[1]
+            window = prompt_window(state, rows, seq_lens)
+            fwd.window = window[1]
     else:
         cand_end = selection_ends(state, rows, seq_lens) if kind is Backend.TORCH_NATIVE and config.keeps_bounds else None
         if scoring or holes or cand_end is not None:
-            fwd.table = build_table(state, rows, seq_lens, req_to_token, cand_end)
+            window = prompt_window(state, rows, seq_lens)  # NOTE: once per forward, for the table and the marking
+            fwd.table = build_table(state, rows, seq_lens, req_to_token, cand_end, window)
             if kind is Backend.TORCH_NATIVE:
                 rt.decode.plan(fwd.table.slots, fwd.table.n, pool.get_key_buffer(pool.start_layer).shape[1])
-    if fwd.table is not None or fwd.window is not None:  # NOTE: KV written under sparse attention stays private
-        state.mark_sparse(rows, seq_lens - 1, attends_subset(state, rows, seq_lens, cand_end))
+    if window is not None:  # NOTE: KV written under sparse attention stays out of the radix tree
+        state.mark_sparse(rows, seq_lens - 1, attends_subset(state, rows, window, cand_end))
     if scoring:
         fwd.scores = PageScores(state, rows, config.reduce, None if exact else req_to_token, ranks=config.tp_size)
     return fwd

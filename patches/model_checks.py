@@ -9,8 +9,8 @@ allocator's page size. A Qwen2 config's `sliding_window` is unused by SGLang's Q
 window is applied (refused): only the loaded layers tell them apart.
 
 Upstream symbols hooked (sglang 0.5.23): `sglang.srt.managers.scheduler.Scheduler.__init__`, AFTER: the model,
-pool and allocator exist (`self.tp_worker.model_runner`: `.model`, `.token_to_kv_pool`,
-`.token_to_kv_pool_allocator`, `.kv_cache_dtype`), no request has been served. A refused server raises
+pool and allocator exist (`self.tp_worker.model_runner`: `.model`, `.token_to_kv_pool` with `start_layer` and
+`layer_num`, `.token_to_kv_pool_allocator` with `page_size`), no request has been served. A refused server raises
 `ModelRefused` there: SGLang's `run_scheduler_process` logs it ("Scheduler hit an exception") and stops the
 launcher, so the launch fails with the message in its log. Under tensor parallel the ranks first compare their
 RaaS settings and verdicts (`tensor_parallel.check_settings_agree`), dense servers included: nodes started with
@@ -19,7 +19,7 @@ The layers read must cover the KV pool's layers one to one (`pool.layer_num` lay
 backend that keeps its attention outside the module tree (SGLang's Transformers backend) is refused, not taken as
 windowless.
 Read: `sglang.srt.layers.radix_attention.RadixAttention` (`layer_id`, `sliding_window_size`, `logit_cap`,
-`k_scale_float`, `v_scale_float`, `xai_temperature_len`); an attention module's `sinks` / `attention_sink_bias`.
+`k_scale_float`, `v_scale_float`, `xai_temperature_len`); any module's `sinks` / `attention_sink_bias` / `sink_k`.
 """
 
 from __future__ import annotations

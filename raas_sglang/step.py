@@ -47,7 +47,7 @@ def prompt_window(state: RaasState, rows: torch.Tensor, seq_lens: torch.Tensor):
     return pin_end, state.prompt_window(rows, pin_end, seq_lens)
 
 
-def resident_positions(state: RaasState, rows: torch.Tensor, seq_lens: torch.Tensor):
+def resident_positions(state: RaasState, rows: torch.Tensor, seq_lens: torch.Tensor, window=None):
     """Logical positions each row attends to, ascending, padded — and which state slot each one's page is in.
 
     rows [bs] int64, seq_lens [bs] int64 (tokens in KV, including this step's). Returns (pos [bs, n_max] int64,
@@ -57,7 +57,7 @@ def resident_positions(state: RaasState, rows: torch.Tensor, seq_lens: torch.Ten
     step), so only the L page indices are sorted, never the positions.
     """
     ps, L = state.page_size, state.L
-    pin_end, (a, b) = prompt_window(state, rows, seq_lens)
+    pin_end, (a, b) = window if window is not None else prompt_window(state, rows, seq_lens)
     n_pin = a + (pin_end - b)  # [bs]
     pages = state.pages[rows]  # [bs, L]
     valid = pages != EMPTY
@@ -94,11 +94,10 @@ def selection_ends(state: RaasState, rows: torch.Tensor, seq_lens: torch.Tensor)
     return ends if bool((ends > 0).any()) else None
 
 
-def attends_subset(state: RaasState, rows: torch.Tensor, seq_lens: torch.Tensor,
-                   cand_end: torch.Tensor | None) -> torch.Tensor:
-    """[bs] bool: rows that attend less than all earlier positions this forward (a hole, a prompt window, or more
-    Quest candidate pages than their limit). rows, seq_lens [bs] int64; cand_end as in `ResidentTable`."""
-    _, (a, b) = prompt_window(state, rows, seq_lens)
+def attends_subset(state: RaasState, rows: torch.Tensor, window, cand_end: torch.Tensor | None) -> torch.Tensor:
+    """[bs] bool: rows attending less than all earlier positions this forward (a hole, a prompt window, more Quest
+    candidate pages than their limit). rows [bs] int64; window: `prompt_window`'s; cand_end: `ResidentTable`'s."""
+    _, (a, b) = window
     subset = (state.evicted[rows] > 0) | (a < b)
     if cand_end is not None:
         subset |= -(-cand_end // state.page_size) > state.limit[rows]
@@ -106,9 +105,9 @@ def attends_subset(state: RaasState, rows: torch.Tensor, seq_lens: torch.Tensor,
 
 
 def build_table(state: RaasState, rows: torch.Tensor, seq_lens: torch.Tensor, req_to_token: torch.Tensor,
-                cand_end: torch.Tensor | None = None) -> ResidentTable:
+                cand_end: torch.Tensor | None = None, window=None) -> ResidentTable:
     """The resident table of a decode batch. req_to_token [rows_total, max_context] int32 (SGLang's map)."""
-    pos, n, col_slot = resident_positions(state, rows, seq_lens)
+    pos, n, col_slot = resident_positions(state, rows, seq_lens, window)
     slots = req_to_token[rows[:, None], pos].to(torch.int64)  # [bs, n_max] KV slots
     return ResidentTable(slots, n, col_slot, pos, rows, cand_end)
 
