@@ -117,9 +117,6 @@ STARTUP = (
             "included); drop --enable-lmcache", flag_set("enable_lmcache")),
     Refusal("startup.session-radix-cache", "`--enable-session-radix-cache`",
             "the session radix cache; drop --enable-session-radix-cache", flag_set("enable_session_radix_cache")),
-    Refusal("startup.strip-thinking-cache", "`--strip-thinking-cache`",
-            "--strip-thinking-cache (not yet tested with evicted pages); drop --strip-thinking-cache",
-            flag_set("strip_thinking_cache")),
     Refusal("startup.two-batch-overlap", "`--enable-two-batch-overlap`",
             "two-batch overlap (micro-batches split the decode step RaaS acts on); drop --enable-two-batch-overlap",
             flag_set("enable_two_batch_overlap")),
@@ -211,6 +208,9 @@ ALLOWED = (
             "of that free like any other release", "tests/test_raas_no_radix.py::test_evicting_without_radix_cache"),
     Allowed("--chunked-prefill-size N", "long prompts take the chunk-checkpoint path, capped at the first hole",
             "tests/test_raas_eviction.py::test_multi_turn_reuses_prompt_and_matches_cold"),
+    Allowed("--strip-thinking-cache", "a finished reasoning request gives the tree only its prompt pages; its decode "
+            "pages (the thinking, evicted or not) are freed with the evicted pages cut out, and the next turn "
+            "re-prefills the answer without the thinking", "tests/test_strip_thinking.py::test_three_turns"),
 )
 
 ROWS = {row.id: row for row in (*FLAG, *STARTUP, *LOADED, *REQUEST)}

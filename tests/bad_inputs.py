@@ -91,7 +91,7 @@ BASE_VIEW = {
     "enable_mixed_chunk": False, "enable_streaming_session": False, "enable_torch_compile": False,
     "cuda_graph_config.decode.backend": "disabled", "cuda_graph_config.prefill.backend": "disabled", "device": "cpu",
     "enable_flexkv": False, "radix_cache_backend": None, "enable_lmcache": False, "enable_session_radix_cache": False,
-    "strip_thinking_cache": False, "enable_two_batch_overlap": False, "enable_single_batch_overlap": False,
+    "enable_two_batch_overlap": False, "enable_single_batch_overlap": False,
     "tokenizer_worker_num": 1, "page_size": 16, "kv_cache_dtype": "auto",
 }
 # the RadixAttention of a Built case's layer: 4 query heads, 2 KV heads, head dim 16 (the family models' shape)
@@ -163,8 +163,6 @@ CASES = (
     Launch("lmcache", "startup.lmcache", [*_RAAS, "--enable-lmcache", *_POOL], _UNSUPPORTED + "LMCache"),
     Launch("session-radix-cache", "startup.session-radix-cache", [*_RAAS, "--enable-session-radix-cache", *_POOL],
            _UNSUPPORTED + "the session radix cache; drop --enable-session-radix-cache"),
-    Launch("strip-thinking-cache", "startup.strip-thinking-cache", [*_RAAS, "--strip-thinking-cache", *_POOL],
-           _UNSUPPORTED + "--strip-thinking-cache"),
     Launch("single-batch-overlap", "startup.single-batch-overlap", [*_RAAS, "--enable-single-batch-overlap", *_POOL],
            _UNSUPPORTED + "single-batch overlap; drop --enable-single-batch-overlap"),
     Launch("rust-server", "startup.rust-server", [*_RAAS, *_POOL],
