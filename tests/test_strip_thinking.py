@@ -6,9 +6,10 @@ only the prompt pages of a finished reasoning request and frees its decode pages
 have holes (evicted pages): the free must cut them out (I1), the tree must hold only prompt pages (never a decode
 page, evicted or not), and each turn must stay within its pinned prompt pages + budget as SGLang's allocator sees it.
 
-The server: the tiny model behind a DeepSeek-R1-style template (`tests/r1_style_chat.jinja`: the generation prompt
-opens `<think>`, the history keeps only what follows `</think>`), `--reasoning-parser deepseek-r1` (all output of
-the random-weight model is reasoning: it never closes the block) and `--enable-cache-report` (`cached_tokens`).
+The server: the tiny model behind a Qwen3-style template (`tests/strip_thinking_chat.jinja`: an assistant turn in
+the history keeps only what follows `</think>`, and the generation prompt is the bare assistant tag, so each prompt
+is a prefix of the next), `--reasoning-parser deepseek-r1` (its default counts all output as reasoning until
+`</think>`, which the random-weight model never writes) and `--enable-cache-report` (`cached_tokens`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from raas_helpers import bound, flush
 
 from raas_sglang.config import EVICTING
 
-TEMPLATE = REPO / "tests" / "r1_style_chat.jinja"
+TEMPLATE = REPO / "tests" / "strip_thinking_chat.jinja"
 BUDGET, TOKENS, PS = 32, 72, 16
 QUESTIONS = ("What is 17 times 23? Think it through.", "Now divide that by 7.", "Round it to an integer.")
 ANSWERS = ("391", "about 55.86", "56")
@@ -81,8 +82,8 @@ def shared_prefix(a: list[int], b: list[int]) -> int:
 @pytest.mark.parametrize("policy", ["raas", "streaming", "h2o", "dense"])
 def test_three_turns(server, tokenizer, policy):
     """Three chat turns, each history with the earlier thinking stripped by the template. Per turn, read from
-    SGLang's own instruments: the prompt hits the cache exactly up to the page-floored prefix it shares with the
-    previous turn's prompt (`cached_tokens`); the allocator's free count never drops below pinned prompt pages +
+    SGLang's own instruments: the prompt hits the cache exactly up to the last full page of the previous turn's
+    prompt (`cached_tokens`; the thinking in between is gone from both the history and the tree); the allocator's free count never drops below pinned prompt pages +
     budget (evicting policies) or prompt + output (dense); after the turn the tree holds
     exactly the new prompt pages (no decode page: the thinking went back to the allocator with its holes cut out,
     or SGLang's strict free checks would have stopped the server). A cold rerun of the last turn answers the same.
@@ -104,6 +105,8 @@ def test_three_turns(server, tokenizer, policy):
         assert usage["prompt_tokens"] == len(ids)
         assert usage["completion_tokens"] == TOKENS and usage["reasoning_tokens"] == TOKENS, usage
         assert reply["reasoning_content"] and not reply["content"], reply
+        if prompts:  # the stripped history keeps the previous prompt whole: the cache covers all its full pages
+            assert ids[: len(prompts[-1])] == prompts[-1]
         cached = max((shared_prefix(ids, p) for p in prompts), default=0) // PS * PS
         assert usage["prompt_tokens_details"]["cached_tokens"] == cached, (usage, len(ids))
         after = idle(server)
