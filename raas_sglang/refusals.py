@@ -65,12 +65,16 @@ FLAG = (
 
 STARTUP = (
     Refusal("startup.speculative", "`--speculative-algorithm` is set",
-            "speculative decoding; drop --speculative-algorithm", flag_set("speculative_algorithm")),
+            "speculative decoding (draft and verify steps allocate through alloc_for_spec_decode, which RaaS "
+            "does not hook yet: it would not evict; docs/architecture.md, Serving modes); drop "
+            "--speculative-algorithm", flag_set("speculative_algorithm")),
     Refusal("startup.disaggregation", "`--disaggregation-mode` is not null",
             "PD disaggregation; drop --disaggregation-mode",
             lambda s: str(arg(s.view, "disaggregation_mode")) not in ("null", "None", "DisaggregationMode.NULL")),
     Refusal("startup.hierarchical-cache", "`--enable-hierarchical-cache`",
-            "the hierarchical cache; drop --enable-hierarchical-cache", flag_set("enable_hierarchical_cache")),
+            "the hierarchical cache (its host write-back, load-back and admission are not tested with evicted "
+            "pages: docs/architecture.md, Serving modes); drop --enable-hierarchical-cache",
+            flag_set("enable_hierarchical_cache")),
     Refusal("startup.selection-tp", "a selecting `--kv-policy` (Quest page selection) with `--tp-size` above 1",
             "Quest page selection under tensor parallel (each rank would pick pages from its own heads); use "
             "--kv-policy raas, streaming or h2o, or --tp-size 1",
