@@ -18,6 +18,8 @@ Seams (one module each; each names the upstream symbols it hooks):
 - `radix`: hole-aware radix inserts, row frees and pool accounting.
 - `api`: per-request validation (HTTP 400), `meta_info["raas"]`, `/get_server_info`, metrics, the decode log.
 - `cpu_parallel`: several ranks on SGLang's CPU engine (thread binding per rank, no PyNccl), any policy.
+- `disaggregation`: a RaaS decode server of PD disaggregation resumes a retracted request within its bound.
+- `cpu_disaggregation`: the prefill side of mooncake PD disaggregation on the CPU engine, any policy.
 - `hooks` (no hooks): registers the others and stops the process if any did not take.
 - `runtime` (no hooks): the per-scheduler-process state those seams share; `eviction` (no hooks): the frees.
 - `failpoints` (no hooks; test-only): fault injection behind `RAAS_TEST_FAULT`.
@@ -57,9 +59,9 @@ def register() -> None:
 
 def _register_all(hooks) -> None:
     from raas_sglang.patches import (
-        admission, api, attention, attention_flashinfer, attention_triton, cpu_parallel, failpoints, model_checks,
-        overlap, pool_sizing, radix, reprefill, reprefill_attention, requests, schedule, server_args,
-        startup_checks,
+        admission, api, attention, attention_flashinfer, attention_triton, cpu_disaggregation, cpu_parallel,
+        disaggregation, failpoints, model_checks, overlap, pool_sizing, radix, reprefill, reprefill_attention,
+        requests, schedule, server_args, startup_checks,
     )
     from raas_sglang.patches.lazy import register_hooks_when_imported
 
@@ -72,7 +74,7 @@ def _register_all(hooks) -> None:
             register_hooks_when_imported(module, module_hooks)
     else:
         for module in (cpu_parallel, pool_sizing, model_checks, requests, schedule, admission, attention, radix,
-                       reprefill, reprefill_attention):
+                       reprefill, reprefill_attention, disaggregation):
             hooks.register(module.HOOKS)
         failpoints.install()  # test-only: a no-op unless RAAS_TEST_FAULT is set
         hooks.register(api.SCHEDULER_HOOKS)
@@ -80,3 +82,4 @@ def _register_all(hooks) -> None:
         # registry patches a target once), so triton's own and the re-prefill's go together
         register_hooks_when_imported(attention_triton.MODULE, attention_triton.HOOKS + reprefill_attention.TRITON_HOOKS)
         register_hooks_when_imported(attention_flashinfer.MODULE, attention_flashinfer.HOOKS)
+        register_hooks_when_imported(cpu_disaggregation.MODULE, cpu_disaggregation.HOOKS)

@@ -81,11 +81,13 @@ def release_kv_cache(orig, req, tree_cache, *a, **kw):
     if info is not None:
         req.raas_report = reports.request_report(rt, row, info)  # read by the output streamer (patches/api.py)
         if not req.kv.holds_kv:
-            from raas_sglang.patches import reprefill
+            from raas_sglang.patches import disaggregation, reprefill
 
-            # NOTE: a request with input embeddings loses its output on retraction (SGLang): nothing to resume
-            keep = not req.finished() and req.input_embeds is None and reprefill.supported(rt)
-            released = rt.release(row, keep=keep)
+            # NOTE: a request with input embeddings loses its output on retraction (SGLang): nothing to resume. A PD
+            # decode server resumes from a host copy of the KV (patches/disaggregation.py), whatever its backend.
+            from_host = disaggregation.decode_server()
+            keep = not req.finished() and req.input_embeds is None and (from_host or reprefill.supported(rt))
+            released = rt.release(row, keep=keep, always=from_host)
             # a retracted request comes back (re-prefill) as a new row: carry its figures over
             req.raas_carry = None if req.finished() else released
     return out

@@ -123,15 +123,16 @@ class Runtime:
         else:
             self.totals.admitted_dense += 1
 
-    def release(self, row: int, keep: bool = False) -> RowInfo | None:
+    def release(self, row: int, keep: bool = False, always: bool = False) -> RowInfo | None:
         """Forget `row`; returns its record (with `evicted_at_release` set) for a retracted request to carry.
-        `keep` (a retraction): a row with holes keeps a snapshot of its state, to resume from."""
+        `keep` (a retraction): a row with holes keeps a snapshot of its state, to resume from; with `always` (a
+        PD decode server, which resumes from a host copy of the KV) any RaaS row keeps one."""
         info = self.rows.pop(row, None) if self.state is not None else None
         self.reprefilling.pop(row, None)
         if info is not None:
             self.traced -= info.trace
             info.evicted_at_release = int(self.state.evicted[row])
-            if keep and info.evicted_at_release > 0:
+            if keep and (info.evicted_at_release > 0 or (always and info.raas)):
                 info.snapshot = self.state.snapshot(row)
             self.state.release(row)
         return info

@@ -237,6 +237,12 @@ def full_prefill_graphs(s: Startup) -> bool:
     return str(arg(s.view, "cuda_graph_config.prefill.backend")) == "full"
 
 
+def pd_mode(s: Startup) -> str:
+    """The PD disaggregation role: "null", "prefill" or "decode" (SGLang may hold a string or its enum)."""
+    mode = str(arg(s.view, "disaggregation_mode")).lower()
+    return next((m for m in ("prefill", "decode") if mode.endswith(m)), "null")
+
+
 def decode_graphs(s: Startup) -> bool:
     backend = arg(s.view, "cuda_graph_config.decode.backend")
     return str(backend) not in ("disabled", "None") and str(arg(s.view, "device")) != "cpu"

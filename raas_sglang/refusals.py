@@ -33,7 +33,7 @@ from raas_sglang import config as cfg
 from raas_sglang.refusal_requests import REQUEST, refuse_request, request_refusal  # noqa: F401  (re-exported)
 from raas_sglang.refusal_context import (  # noqa: F401  (re-exported: the registry's public names)
     SUPPORTED_ALLOCATORS, SUPPORTED_BACKENDS, SUPPORTED_POOLS, AttnLayer, Loaded, Refusal, Request, Startup,
-    VersionMismatch, above_one, arg, decode_graphs, flag_set, full_prefill_graphs, show,
+    VersionMismatch, above_one, arg, decode_graphs, flag_set, full_prefill_graphs, pd_mode, show,
 )
 
 
@@ -68,9 +68,22 @@ STARTUP = (
             "speculative decoding (draft and verify steps allocate through alloc_for_spec_decode, which RaaS "
             "does not hook yet: it would not evict; docs/architecture.md, Serving modes); drop "
             "--speculative-algorithm", flag_set("speculative_algorithm")),
-    Refusal("startup.disaggregation", "`--disaggregation-mode` is not null",
-            "PD disaggregation; drop --disaggregation-mode",
-            lambda s: str(arg(s.view, "disaggregation_mode")) not in ("null", "None", "DisaggregationMode.NULL")),
+    Refusal("startup.disaggregation-prefill", "`--disaggregation-mode prefill`",
+            "a prefill server of PD disaggregation (it never decodes: nothing to evict); start the prefill server "
+            "with --kv-policy dense and the decode server with --kv-policy POLICY",
+            lambda s: pd_mode(s) == "prefill"),
+    Refusal("startup.disaggregation-retraction-backup", "`--disaggregation-mode decode` with a retraction backup "
+            "other than `cpu_tensor` or `none` (SGLang picks the host pool when none is given)",
+            "a decode server whose retraction backup is the host pool (its copies of rows with evicted pages are not "
+            "tested); add --disaggregation-decode-retraction-backup cpu_tensor",
+            lambda s: pd_mode(s) == "decode"
+            and str(arg(s.view, "disaggregation_decode_retraction_backup")) not in ("cpu_tensor", "none")),
+    Refusal("startup.disaggregation-decode-radix", "`--disaggregation-decode-enable-radix-cache`",
+            "the decode server's radix cache (not tested with evicted pages); drop "
+            "--disaggregation-decode-enable-radix-cache", flag_set("disaggregation_decode_enable_radix_cache")),
+    Refusal("startup.disaggregation-decode-offload", "`--disaggregation-decode-enable-offload-kvcache`",
+            "decode-side KV offload (it stores rows with evicted pages); drop "
+            "--disaggregation-decode-enable-offload-kvcache", flag_set("disaggregation_decode_enable_offload_kvcache")),
     Refusal("startup.hierarchical-cache", "`--enable-hierarchical-cache`",
             "the hierarchical cache (its host write-back, load-back and admission are not tested with evicted "
             "pages: docs/architecture.md, Serving modes); drop --enable-hierarchical-cache",

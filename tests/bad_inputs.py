@@ -84,7 +84,9 @@ class Resolved(NamedTuple):
 # the server of the HTTP request cases (tests/test_raas_eviction.py: --kv-policy raas --raas-budget 256)
 TEST_SERVER = {"policy": "raas", "budget_tokens": 256, "page_size": 16}
 BASE_VIEW = {
-    "speculative_algorithm": None, "disaggregation_mode": "null", "enable_hierarchical_cache": False,
+    "speculative_algorithm": None, "disaggregation_mode": "null", "disaggregation_decode_retraction_backup": None,
+    "disaggregation_decode_enable_radix_cache": False, "disaggregation_decode_enable_offload_kvcache": False,
+    "enable_hierarchical_cache": False,
     "tp_size": 1, "pp_size": 1, "dp_size": 1, "attn_cp_size": 1, "dcp_size": 1, "moe_dp_size": 1,
     "enable_kv_cache_sharding": False, "attn_dp_size": 1, "enable_dp_attention": False,
     "attention_backend": "torch_native", "decode_attention_backend": None, "prefill_attention_backend": None,
@@ -174,8 +176,20 @@ CASES = (
              _UNSUPPORTED + "two-batch overlap"),
     Resolved("speculative", "startup.speculative", {"speculative_algorithm": "EAGLE"},
              _UNSUPPORTED + "speculative decoding (draft and verify steps allocate through alloc_for_spec_decode"),
-    Resolved("pd-disaggregation", "startup.disaggregation", {"disaggregation_mode": "prefill"},
-             _UNSUPPORTED + "PD disaggregation; drop --disaggregation-mode"),
+    Resolved("pd-prefill", "startup.disaggregation-prefill", {"disaggregation_mode": "prefill"},
+             _UNSUPPORTED + "a prefill server of PD disaggregation (it never decodes: nothing to evict); start the "
+             "prefill server with --kv-policy dense"),
+    Resolved("pd-decode-host-pool", "startup.disaggregation-retraction-backup",
+             {"disaggregation_mode": "decode", "disaggregation_decode_retraction_backup": None},
+             _UNSUPPORTED + "a decode server whose retraction backup is the host pool"),
+    Resolved("pd-decode-radix", "startup.disaggregation-decode-radix",
+             {"disaggregation_mode": "decode", "disaggregation_decode_retraction_backup": "cpu_tensor",
+              "disaggregation_decode_enable_radix_cache": True},
+             _UNSUPPORTED + "the decode server's radix cache (not tested with evicted pages)"),
+    Resolved("pd-decode-offload", "startup.disaggregation-decode-offload",
+             {"disaggregation_mode": "decode", "disaggregation_decode_retraction_backup": "cpu_tensor",
+              "disaggregation_decode_enable_offload_kvcache": True},
+             _UNSUPPORTED + "decode-side KV offload (it stores rows with evicted pages)"),
     Resolved("quest-tp-2", "startup.selection-tp", {"tp_size": 2},
              "--kv-policy quest does not support Quest page selection under tensor parallel", flags={"kv_policy": "quest"}),
     Resolved("raas+quest-tp-4", "startup.selection-tp", {"tp_size": 4},
