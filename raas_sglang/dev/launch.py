@@ -204,11 +204,22 @@ def start_router(worker_urls: Sequence[str], args: Sequence[str] = ("--policy", 
     """Launch SGLang's router (`python -m sglang_router.launch_router`, the `router` extra) in front of running
     workers, on 127.0.0.1 in its own process group, and wait until it has registered every worker as healthy
     (it registers them in the background after it starts answering). Raises `ServerFailed` with the log tail."""
+    return _launch_router(["--worker-urls", *worker_urls, *args], len(worker_urls), timeout, log_path)
+
+
+def start_pd_router(prefill_url: str, bootstrap_port: int, decode_url: str, *, timeout: float = 120,
+                    log_path: str | Path | None = None) -> Server:
+    """SGLang's router in PD disaggregation mode (`--pd-disaggregation`) in front of one prefill server (with its
+    bootstrap port) and one decode server; it sends each request to both with the same bootstrap room."""
+    args = ["--pd-disaggregation", "--prefill", prefill_url, str(bootstrap_port), "--decode", decode_url]
+    return _launch_router(args, 2, timeout, log_path)
+
+
+def _launch_router(args: Sequence[str], workers: int, timeout: float, log_path: str | Path | None) -> Server:
     port = free_port()
     log_path = Path(log_path or tempfile.mkstemp(prefix=f"router-{port}-", suffix=".log")[1])
     log = open(log_path, "w")
-    cmd = [sys.executable, "-m", "sglang_router.launch_router", "--host", "127.0.0.1", "--port", str(port),
-           "--worker-urls", *worker_urls, *args]
+    cmd = [sys.executable, "-m", "sglang_router.launch_router", "--host", "127.0.0.1", "--port", str(port), *args]
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=launch_env(), start_new_session=True)
     router = Server(proc, port, log_path, log)
     deadline = time.monotonic() + timeout
@@ -217,12 +228,12 @@ def start_router(worker_urls: Sequence[str], args: Sequence[str] = ("--policy", 
             router.stop()
             raise ServerFailed(f"router exited with {proc.returncode}:\n{router.log_text()[-4000:]}")
         try:
-            workers = router.get("/workers", timeout=5).get("workers", [])
-            if sum(1 for w in workers if w.get("is_healthy")) >= len(worker_urls):
+            listed = router.get("/workers", timeout=5).get("workers", [])
+            if sum(1 for w in listed if w.get("is_healthy")) >= workers:
                 return router
         except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
             pass
         time.sleep(0.5)
     router.stop()
-    raise ServerFailed(f"router did not register {len(worker_urls)} healthy workers in {timeout:.0f} s:\n"
+    raise ServerFailed(f"router did not register {workers} healthy workers in {timeout:.0f} s:\n"
                        f"{router.log_text()[-4000:]}")
