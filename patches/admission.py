@@ -36,10 +36,10 @@ def _decode_held(rt: runtime.Runtime, req) -> int:
     row = req.kv.req_pool_idx
     admitted = rt.row_of(req) is not None
     if admitted:
-        pin_len = int(rt.state.pin_len[row])  # may exceed the prompt after a re-prefill matched past it
+        pin_len = int(rt.state.host.pin_len[row])  # may exceed the prompt after a re-prefill matched past it
     held = -(-req.kv.kv_committed_len // ps) * ps - -(-pin_len // ps) * ps
     if admitted:
-        held -= int(rt.state.evicted[row]) * ps
+        held -= int(rt.state.host.evicted[row]) * ps
     return max(0, held)
 
 

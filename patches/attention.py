@@ -23,13 +23,20 @@ Upstream symbols hooked (sglang 0.5.23, `sglang/srt/layers/attention/torch_nativ
 from __future__ import annotations
 
 import enum
+import logging
+import os
 
+import numpy as np
 import torch
 
+from raas_sglang.host import HostBatch, check_mirror, host_batch, to_device
 from raas_sglang.patches import runtime
 from raas_sglang.step import (
-    DecodeStep, PageScores, attends_subset, build_table, prompt_window, quest_keep, selection_ends,
+    DecodeStep, PageScores, attends_subset, build_table, prompt_window, quest_keep, resident_lengths, selection_ends,
 )
+
+logger = logging.getLogger("raas_sglang")
+CHECK_MIRRORS = os.environ.get("RAAS_CHECK_MIRRORS") == "1"  # debug: compare the host mirror each step (syncs)
 
 
 class Backend(enum.Enum):
@@ -77,19 +84,27 @@ def _build_step(rt: runtime.Runtime, backend, forward_batch, kind: Backend) -> D
     rows = forward_batch.req_pool_indices.to(torch.int64)  # [bs]
     seq_lens = forward_batch.seq_lens.to(torch.int64)  # [bs]
     req_to_token = backend.req_to_token_pool.req_to_token
-    fwd = DecodeStep(rows, seq_lens, last_layer=rt.num_layers - 1)
-    scoring = bool((state.count[rows] > 0).any())
-    holes = bool((state.evicted[rows] > 0).any())
+    host = _host_batch(rt, forward_batch, rows, seq_lens)
+    fwd = DecodeStep(rows, seq_lens, host, last_layer=rt.num_layers - 1)
+    if CHECK_MIRRORS:
+        check_mirror(state, rows, host.rows)
+    scoring = bool((state.host.count[host.rows] > 0).any())
+    holes = bool((state.host.evicted[host.rows] > 0).any())
     cand_end, window = None, None
     if kind is Backend.TRITON and config.exact_kernel:  # NOTE: no selecting policy runs on such a server
         if scoring or holes:
-            window = prompt_window(state, rows, seq_lens)
+            window = prompt_window(state, rows, seq_lens, host.rows)
             fwd.window = window[1]
     else:
-        cand_end = selection_ends(state, rows, seq_lens) if kind is Backend.TORCH_NATIVE and config.keeps_bounds else None
+        ends = selection_ends(state, host) if kind is Backend.TORCH_NATIVE and config.keeps_bounds else None
+        cand_end = None if ends is None else to_device(ends, rows.device)  # [bs] int64
         if scoring or holes or cand_end is not None:
-            window = prompt_window(state, rows, seq_lens)  # NOTE: once per forward, for the table and the marking
-            fwd.table = build_table(state, rows, seq_lens, req_to_token, cand_end, window)
+            window = prompt_window(state, rows, seq_lens, host.rows)  # NOTE: once per forward (table, marking)
+            lengths = resident_lengths(state, host)  # ([bs] int64, exact)
+            fwd.table = build_table(state, rows, seq_lens, req_to_token, lengths, cand_end, window,
+                                    0 if ends is None else int(ends.max()))
+            if CHECK_MIRRORS:
+                _check_lengths(fwd.table)
             if kind is Backend.TORCH_NATIVE:
                 rt.decode.plan(fwd.table.slots, fwd.table.n, pool.get_key_buffer(pool.start_layer).shape[1])
     if window is not None:  # NOTE: KV written under sparse attention stays out of the radix tree
@@ -97,6 +112,28 @@ def _build_step(rt: runtime.Runtime, backend, forward_batch, kind: Backend) -> D
     if scoring:
         fwd.scores = PageScores(state, rows, config.reduce, None if exact else req_to_token, ranks=config.tp_size)
     return fwd
+
+
+def _check_lengths(table) -> None:
+    """Debug (syncs): the host's resident lengths equal the device's (or bound them, for a policy without a host
+    prompt window)."""
+    n, n_host = table.n.tolist(), table.n_host.tolist()
+    if (n != n_host) if table.n_exact else any(a > b for a, b in zip(n, n_host)):
+        raise RuntimeError(f"raas_sglang: resident lengths {n} on the device, {n_host} on the host")
+
+
+def _host_batch(rt: runtime.Runtime, forward_batch, rows: torch.Tensor, seq_lens: torch.Tensor) -> HostBatch:
+    """The forward's batch on the host: the one `alloc_for_decode` just allocated (NOTE: the overlap scheduler is
+    off, so a decode forward runs right after its own allocation), matched against SGLang's CPU `seq_lens`; if it
+    does not match (a path that did not allocate through the seam), read back from the device (a sync)."""
+    host, seq_cpu = rt.step_host, getattr(forward_batch, "seq_lens_cpu", None)
+    if (host is not None and seq_cpu is not None and len(host.rows) == len(seq_cpu)
+            and np.array_equal(seq_cpu.numpy(), host.positions + 1)):
+        return host
+    if not rt.warned_readback:
+        rt.warned_readback = True
+        logger.warning("raas_sglang: a decode forward's batch was not the one just allocated; reading it back")
+    return host_batch(rows, seq_lens - 1)
 
 
 def init_forward_metadata(result, self, forward_batch):

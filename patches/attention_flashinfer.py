@@ -58,9 +58,10 @@ def call_begin_forward(orig, self, *args, **kwargs):
     a["kv_indptr"] = buf[: bs + 1]
     a["spec_info"] = GivenLists(a["kv_indptr"], kv_indices.to(torch.int32))
     a["paged_kernel_lens"] = table.n.to(a["paged_kernel_lens"].dtype)
-    a["paged_kernel_lens_sum"] = int(table.n.sum())
+    n_cpu = torch.from_numpy(table.n_host) if table.n_exact else table.n.cpu()  # [bs] (a sync only if not exact)
+    a["paged_kernel_lens_sum"] = int(n_cpu.sum())
     if a["seq_lens_cpu"] is not None:
-        a["seq_lens_cpu"] = table.n.cpu().to(a["seq_lens_cpu"].dtype)
+        a["seq_lens_cpu"] = n_cpu.to(a["seq_lens_cpu"].dtype)
     return orig(*call.args, **call.kwargs)
 
 

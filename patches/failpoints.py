@@ -57,12 +57,12 @@ def _apply(fault: str) -> None:
 
     free_pages = eviction.free_pages
     if fault == "leak":
-        eviction.free_pages = lambda allocator, page_ids: None
+        eviction.free_pages = lambda allocator, page_ids, **kw: None
     elif fault == "double_free":
 
-        def twice(allocator, page_ids):
-            free_pages(allocator, page_ids)
-            free_pages(allocator, page_ids)
+        def twice(allocator, page_ids, **kw):
+            free_pages(allocator, page_ids, **kw)
+            free_pages(allocator, page_ids, **kw)
 
         eviction.free_pages = twice
     elif fault == "rank_diverges":
@@ -86,8 +86,8 @@ def _diverge_on_rank_one() -> None:
 
     observe = RaasState.observe
 
-    def diverging(self, rows, scores):
-        observe(self, rows, scores)
+    def diverging(self, rows, scores, host_rows=None):
+        observe(self, rows, scores, host_rows)
         rt = runtime.get()
         if rt.ranks.rank != 1:
             return
@@ -106,9 +106,9 @@ def _lose_page_before_eviction() -> None:
 
     evict, done = eviction.evict, set()
 
-    def lose_then_evict(rt, rows, positions, req_to_token, allocator):
+    def lose_then_evict(rt, rows, positions, req_to_token, allocator, host=None):
         ps = rt.config.page_size
-        victims = rt.state.victims(rows, positions)  # pure: the real eviction below picks the same pages
+        victims = rt.state.victims(rows, positions, host)  # pure: the real eviction below picks the same pages
         for row, page in zip(rows.tolist(), victims.page.tolist()):
             info = rt.rows.get(row)
             if page == EMPTY or info is None or not info.rid.startswith(LOST_RID) or info.rid in done:
@@ -117,6 +117,6 @@ def _lose_page_before_eviction() -> None:
             first = int(req_to_token[row, page * ps])
             allocator.free_page_ids(torch.tensor([first // ps], dtype=torch.int64, device=req_to_token.device))
             req_to_token[row, page * ps:page * ps + ps] = 0
-        return evict(rt, rows, positions, req_to_token, allocator)
+        return evict(rt, rows, positions, req_to_token, allocator, host)
 
     eviction.evict = lose_then_evict

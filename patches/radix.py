@@ -99,7 +99,7 @@ def kv_private_tokens(result, kv, page_size):
         return result
     if kv.req_pool_idx in rt.reprefilling:  # restored holes may lie past what the re-prefill has allocated yet
         return result - len(rt.holes(kv.req_pool_idx, kv.kv_allocated_len)) * page_size
-    return result - int(rt.state.evicted[kv.req_pool_idx]) * page_size
+    return result - int(rt.state.host.evicted[kv.req_pool_idx]) * page_size
 
 
 HOOKS = (

@@ -42,9 +42,9 @@ def request_report(rt: Runtime, row: int, info: RowInfo) -> dict:
     """The request's `meta_info["raas"]`: JSON-safe."""
     out = {
         "policy": info.policy,
-        "budget_tokens": int(rt.state.limit[row]) * rt.config.page_size if info.raas else None,
-        "evicted_pages": int(rt.state.evicted[row]),
-        "peak_kv_tokens": info.peak_kv_tokens,
+        "budget_tokens": int(rt.state.host.limit[row]) * rt.config.page_size if info.raas else None,
+        "evicted_pages": int(rt.state.host.evicted[row]),
+        "peak_kv_tokens": rt.peak_of(row),
         # resumptions after a retraction that recomputed only the pinned prompt and the kept pages (I4 held)
         "bounded_reprefills": len(info.reprefills),
     }

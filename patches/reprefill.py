@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+import numpy as np
 import torch
 
 from raas_sglang.holes import reprefill_runs, snapshot_holes
@@ -184,7 +185,8 @@ def alloc_for_extend(orig, batch):
     if rows:
         dev = rt.state.device
         ends = [r.extend_end for r in batch.reqs if r.kv.req_pool_idx in rt.reprefilling]
-        rt.note_peaks(torch.tensor(rows, device=dev), torch.tensor(ends, device=dev), req_to_token, force=True)
+        rt.note_peaks(torch.tensor(rows, device=dev), torch.tensor(ends, device=dev), req_to_token,
+                      np.array(ends, dtype=np.int64), force=True)
     return out
 
 

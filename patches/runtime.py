@@ -15,10 +15,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import numpy as np
 import torch
 
 from raas_sglang.config import RaasConfig
 from raas_sglang.core import RaasState
+from raas_sglang.host import HostBatch, to_device
 from raas_sglang.policies import DENSE, PolicySet
 from raas_sglang.resident_attention import ResidentDecode
 from raas_sglang.scoring import PageKeyBounds
@@ -54,6 +56,9 @@ class Runtime:
         self.traced = 0  # admitted rows with `raas_trace` on
         self.reprefill_ok: bool | None = None  # whether the prefill backend can skip holes (reprefill.supported)
         self.req_to_token: torch.Tensor | None = None  # SGLang's [rows, context] request-to-slot map
+        self.peak: torch.Tensor | None = None  # [rows] int64 each row's peak KV tokens (device; read at finish)
+        self.step_host: HostBatch | None = None  # the decode batch just allocated, on the host (for its forward)
+        self.warned_readback = False  # a decode forward's batch was read back from the device (logged once)
 
     @property
     def ranks(self) -> Ranks:
@@ -70,6 +75,7 @@ class Runtime:
             self.state = RaasState(num_rows=req_to_token.shape[0], budget_pages=self.config.budget_pages,
                                    page_size=self.config.page_size, device=req_to_token.device,
                                    policies=self.policies)
+            self.peak = torch.zeros(req_to_token.shape[0], dtype=torch.int64, device=req_to_token.device)
         return self.state
 
     def ensure_layers(self, pool: Any) -> None:
@@ -107,6 +113,7 @@ class Runtime:
         else:  # holds everything (nothing evicted); the budget is how many pages it attends to
             self.state.admit(row, DENSE_PIN, budget_pages, policy)
         info = RowInfo(rid=rid, raas=raas, policy=policy, trace=trace, kv=kv)
+        self.peak[row] = carry.peak_kv_tokens if carry is not None else 0
         if carry is not None:
             info.peak_kv_tokens = carry.peak_kv_tokens
             info.trace_steps = carry.trace_steps
@@ -131,14 +138,16 @@ class Runtime:
         self.reprefilling.pop(row, None)
         if info is not None:
             self.traced -= info.trace
-            info.evicted_at_release = int(self.state.evicted[row])
+            info.evicted_at_release = int(self.state.host.evicted[row])
+            if keep:  # a retracted request carries its peak (a finished one reported it already)
+                info.peak_kv_tokens = self.peak_of(row)
             if keep and (info.evicted_at_release > 0 or (always and info.raas)):
                 info.snapshot = self.state.snapshot(row)
             self.state.release(row)
         return info
 
     def resident_pages(self) -> int:  # decode pages resident in RaaS rows right now
-        return 0 if self.state is None else int(self.state.count.sum())
+        return 0 if self.state is None else int(self.state.host.count.sum())
 
     def row_of(self, req: Any) -> RowInfo | None:
         """The admitted row of the scheduler `Req` `req`, or None (the one notion of "this row is this request's";
@@ -159,20 +168,25 @@ class Runtime:
             return []
         return self.state.holes(row, upto_tokens)
 
-    def note_peaks(self, rows: torch.Tensor, seq_lens: torch.Tensor, req_to_token: torch.Tensor, force=False) -> None:
-        """Update each row's peak KV tokens (`step.held_tokens`). Only rows that just opened a page can have a new
-        peak, so only those are read unless `force`. rows [n] int64, seq_lens [n] int64 (after this step's
-        allocation)."""
+    def note_peaks(self, rows: torch.Tensor, seq_lens: torch.Tensor, req_to_token: torch.Tensor,
+                   seq_host: np.ndarray, force: bool = False) -> None:
+        """Update each row's peak KV tokens (`step.held_tokens`, kept on the device: no sync). Only rows that just
+        opened a page can have a new peak, so only those are read unless `force`. rows [n] int64, seq_lens [n]
+        int64 (after this step's allocation); seq_host: seq_lens on the host."""
         if not force:
-            opened = (seq_lens - 1) % self.config.page_size == 0
-            rows, seq_lens = rows[opened], seq_lens[opened]
-        if len(rows) == 0:
+            opened = (seq_host - 1) % self.config.page_size == 0  # [n] bool
+            if not opened.any():
+                return
+            idx = to_device(np.flatnonzero(opened), rows.device)
+            rows, seq_lens, seq_host = rows[idx], seq_lens[idx], seq_host[opened]
+        if len(seq_host) == 0:
             return
-        held = held_tokens(rows, seq_lens, req_to_token, self.config.page_size)
-        for row, tokens in zip(rows.tolist(), held.tolist()):
-            info = self.rows.get(row)
-            if info is not None and tokens > info.peak_kv_tokens:
-                info.peak_kv_tokens = tokens
+        held = held_tokens(rows, seq_lens, req_to_token, self.config.page_size, int(seq_host.max()))  # [m]
+        self.peak[rows] = torch.maximum(self.peak[rows], held)
+
+    def peak_of(self, row: int) -> int:
+        """The row's peak KV tokens so far (a sync: at finish and release only)."""
+        return int(self.peak[row])
 
     # -- the end of a decode forward -----------------------------------------------------------------------------
 
@@ -180,7 +194,8 @@ class Runtime:
         """After a layer's scores were added: after the last layer, refresh the rows' per-page state (each row's
         policy, `RaasState.observe`) and advance their steps."""
         if fwd.scores is not None and layer == fwd.last_layer:
-            self.state.observe(fwd.rows, fwd.scores.finish(self.ranks.combine))  # tp > 1: one collective here
+            scores = fwd.scores.finish(self.ranks.combine)  # tp > 1: one collective here
+            self.state.observe(fwd.rows, scores, fwd.host.rows)
             fwd.scores = None
 
 

@@ -15,8 +15,10 @@ from __future__ import annotations
 import logging
 import time
 
+import numpy as np
 import torch
 
+from raas_sglang.host import HostBatch
 from raas_sglang.patches import eviction, reprefill, runtime, tensor_parallel
 from raas_sglang.patches.requests import request_policy
 
@@ -36,24 +38,27 @@ def _admit_new_rows(rt: runtime.Runtime, batch) -> None:
         rt.admit(row, req.rid, pin, policy, budget_pages, trace, carry=getattr(req, "raas_carry", None), kv=req.kv)
         if policy != "dense":
             _adopt_existing_decode_pages(rt, batch, row, req.kv.kv_committed_len)
-        dev = rt.state.device
-        rt.note_peaks(
-            torch.tensor([row], device=dev), torch.tensor([req.kv.kv_committed_len], device=dev),
-            batch.req_to_token_pool.req_to_token, force=True,
-        )
+        seq = np.array([req.kv.kv_committed_len], dtype=np.int64)
+        rt.note_peaks(_one(rt, row), _one(rt, int(seq[0])), batch.req_to_token_pool.req_to_token, seq, force=True)
+
+
+def _one(rt: runtime.Runtime, value: int) -> torch.Tensor:
+    """[1] int64 on the state's device, filled on the device (no host-to-device copy to wait for)."""
+    return torch.full((1,), value, dtype=torch.int64, device=rt.state.device)
 
 
 def _adopt_existing_decode_pages(rt: runtime.Runtime, batch, row: int, seq_len: int) -> None:
     """A re-prefilled (retracted) request already holds decode pages: open them oldest first, then trim back to
     its limit, evicting the oldest (design: re-prefilled output is decode pages, not pinned)."""
-    state, ps, dev = rt.state, rt.config.page_size, rt.state.device
-    rows = torch.tensor([row], device=dev)
-    first = int(state.first_decode_page(rows)[0])
+    state, ps = rt.state, rt.config.page_size
+    rows = _one(rt, row)
+    first = int(state.host.first_decode_page(np.array([row]))[0])
     for page in range(first, -(-seq_len // ps)):
-        pos = torch.tensor([page * ps], device=dev)
-        done = eviction.evict(rt, rows, pos, batch.req_to_token_pool.req_to_token, batch.token_to_kv_pool_allocator)
+        pos, host = _one(rt, page * ps), HostBatch(np.array([row]), np.array([page * ps]))
+        done = eviction.evict(rt, rows, pos, batch.req_to_token_pool.req_to_token, batch.token_to_kv_pool_allocator,
+                              host)
         abort_lost(rt, batch, done.lost_rows)
-        state.open_pages(rows, pos)
+        state.open_pages(rows, pos, host)
 
 
 def abort_lost(rt: runtime.Runtime, batch, lost_rows: list[int]) -> None:
@@ -87,11 +92,12 @@ def alloc_for_decode(orig, batch, token_per_req):
         reprefill.done_reprefilling(rt, batch)
         # NOTE: pages open (and evictions happen) only where a row's next token starts a page; the host copy of
         # seq_lens tells without touching device tensors, so 15 of 16 steps skip the policy work at page 16.
-        opening = bool((batch.seq_lens_cpu % rt.config.page_size == 0).any())
+        host = rt.step_host = host_batch_of(batch)
+        opening = bool((host.positions % rt.config.page_size == 0).any())
         if opening:
             rows = batch.req_pool_indices.to(torch.int64)  # [bs]
             positions = batch.seq_lens.to(torch.int64)  # [bs] logical position of this step's token
-            done = eviction.evict(rt, rows, positions, req_to_token, batch.token_to_kv_pool_allocator)
+            done = eviction.evict(rt, rows, positions, req_to_token, batch.token_to_kv_pool_allocator, host)
             abort_lost(rt, batch, done.lost_rows)
     out = orig(batch, token_per_req)
     free = batch.token_to_kv_pool_allocator.available_size()  # SGLang's own count, after this step's allocation
@@ -104,10 +110,17 @@ def alloc_for_decode(orig, batch, token_per_req):
                 info.kv_free.append(free)
     if opening:
         with runtime.timed(rt, "schedule"):
-            rt.state.open_pages(rows, positions)
-            rt.note_peaks(rows, positions + token_per_req, req_to_token)
+            rt.state.open_pages(rows, positions, host)
+            rt.note_peaks(rows, positions + token_per_req, req_to_token, host.positions + token_per_req)
     tensor_parallel.check_ranks_agree(rt, batch)  # debug check (RAAS_CHECK_RANKS), tp > 1 only
     return out
+
+
+def host_batch_of(batch) -> HostBatch:
+    """The decode batch on the host: its requests' rows (the order of `req_pool_indices`) and SGLang's CPU copy of
+    `seq_lens` (before this step's token: each row's position)."""
+    rows = np.array([r.kv.req_pool_idx for r in batch.reqs], dtype=np.int64)
+    return HostBatch(rows, batch.seq_lens_cpu.numpy().astype(np.int64))
 
 
 def _count_step(rt: runtime.Runtime) -> None:
@@ -129,11 +142,9 @@ def new_tokens_required_next_decode(orig, self, selected_indices=None):
     admitted = [r for r in reqs if rt.row_of(r) is not None]
     if not admitted:
         return tokens
-    dev = rt.state.device
-    rows = torch.tensor([r.kv.req_pool_idx for r in admitted], dtype=torch.int64, device=dev)
-    positions = torch.tensor([r.kv.kv_committed_len for r in admitted], dtype=torch.int64, device=dev)
-    evicting = rt.state.opens_page(rows, positions) & (rt.state.count[rows] >= rt.state.limit[rows])
-    return tokens - int(evicting.sum()) * rt.config.page_size
+    rows = np.array([r.kv.req_pool_idx for r in admitted], dtype=np.int64)
+    positions = np.array([r.kv.kv_committed_len for r in admitted], dtype=np.int64)
+    return tokens - int(rt.state.host.must_evict(rows, positions).sum()) * rt.config.page_size
 
 
 HOOKS = (

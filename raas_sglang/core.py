@@ -19,9 +19,11 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from raas_sglang.holes import hole_pages
+from raas_sglang.host import HostBatch, HostMirror, host_batch, to_device
 from raas_sglang.policies import DENSE_ID, PolicySet
 from raas_sglang.policies.base import EMPTY
 
@@ -29,10 +31,16 @@ DENSE_FROM = 1 << 62  # `sparse_from` of a row whose KV all equals dense attenti
 
 
 class Victims(NamedTuple):
-    """One eviction decision per requested row. `page[i] == EMPTY` means row i evicts nothing."""
+    """One eviction decision per requested row. `page[i] == EMPTY` means row i evicts nothing.
+
+    `host`/`need` (from `RaasState.victims`): the batch on the host and the rows that must evict; NOTE: each such
+    row's page is a resident page, unless its policy protected every candidate (`found` counts them on the device:
+    the caller compares it with `need.sum()` in its one sync)."""
 
     rows: torch.Tensor  # [n] int64 request-pool rows
     page: torch.Tensor  # [n] int64 logical page index to evict, or EMPTY
+    host: HostBatch | None = None
+    need: np.ndarray | None = None  # [n] bool
 
 
 class RowSnapshot(NamedTuple):
@@ -92,6 +100,7 @@ class RaasState:
         self.evicted = torch.zeros(num_rows, **z)  # [rows] int64
         self.limit = torch.full((num_rows,), budget_pages, **z)  # [rows] int64 per-request L (<= self.L)
         self.sparse_from = torch.full((num_rows,), DENSE_FROM, **z)  # [rows] int64
+        self.host = HostMirror(num_rows, budget_pages, page_size)  # NOTE: written wherever its fields are
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -102,9 +111,9 @@ class RaasState:
         if not 2 <= limit <= self.L:
             raise ValueError(f"per-request budget must be 2..{self.L} pages, got {limit}")
         self.release(row)
-        self.pin_len[row] = pin_len
-        self.limit[row] = limit
-        self.policy[row] = self.policies.ids[policy]
+        self.pin_len[row] = self.host.pin_len[row] = pin_len
+        self.limit[row] = self.host.limit[row] = limit
+        self.policy[row] = self.host.policy[row] = self.policies.ids[policy]
 
     def release(self, row: int) -> None:
         self.pages[row] = EMPTY
@@ -117,12 +126,15 @@ class RaasState:
         self.evicted[row] = 0
         self.limit[row] = self.L
         self.sparse_from[row] = DENSE_FROM
+        self.host.reset(row)
 
     def snapshot(self, row: int) -> RowSnapshot:
         """A copy of `row`'s state (see `RowSnapshot`)."""
+        h = self.host
+        step, sparse_from = torch.stack([self.step[row], self.sparse_from[row]]).tolist()  # one sync (a retraction)
         return RowSnapshot(self.pages[row].clone(), self.stamp[row].clone(), self.score[row].clone(),
-                           int(self.policy[row]), int(self.count[row]), int(self.pin_len[row]), int(self.step[row]),
-                           int(self.evicted[row]), int(self.limit[row]), int(self.sparse_from[row]))
+                           int(h.policy[row]), int(h.count[row]), int(h.pin_len[row]), step,
+                           int(h.evicted[row]), int(h.limit[row]), sparse_from)
 
     def restore(self, row: int, snap: RowSnapshot) -> None:
         """Put a snapshot back, on `row` (a retracted request resumes on whatever row it gets)."""
@@ -130,6 +142,9 @@ class RaasState:
         self.policy[row], self.count[row], self.pin_len[row] = snap.policy, snap.count, snap.pin_len
         self.step[row], self.evicted[row], self.limit[row] = snap.step, snap.evicted, snap.limit
         self.sparse_from[row] = snap.sparse_from
+        h = self.host
+        h.policy[row], h.count[row], h.pin_len[row] = snap.policy, snap.count, snap.pin_len
+        h.evicted[row], h.limit[row] = snap.evicted, snap.limit
 
     def first_decode_page(self, rows: torch.Tensor) -> torch.Tensor:
         """[n] int64: ceil(pin_len / page_size) for each row."""
@@ -142,66 +157,86 @@ class RaasState:
         ps = self.page_size
         return (positions % ps == 0) & (positions // ps >= self.first_decode_page(rows))
 
-    def victims(self, rows: torch.Tensor, positions: torch.Tensor) -> Victims:
+    def victims(self, rows: torch.Tensor, positions: torch.Tensor, host: HostBatch | None = None) -> Victims:
         """Choose, for each row whose next token opens a page while it holds its limit of pages, the page to
         evict: its policy's lowest `victim_key`, never the newest resident page (it holds the most recent
         tokens). Rows that need no eviction get EMPTY. Does not change state; call `evict` next.
 
-        rows [n] int64, positions [n] int64 (logical position of the token about to be written)
+        rows [n] int64, positions [n] int64 (logical position of the token about to be written); `host`: the same
+        on the host (else read back: a sync). Which rows evict is decided on the host (`HostMirror.must_evict`).
         """
-        need = self.opens_page(rows, positions) & (self.count[rows] >= self.limit[rows])  # [n] bool
-        if not bool(need.any()):  # most steps: no row opens a page at its limit
-            return Victims(rows, torch.full_like(rows, EMPTY))
+        host = host if host is not None else host_batch(rows, positions)
+        need_h = self.host.must_evict(host.rows, host.positions)  # [n] bool
+        if not need_h.any():  # most steps: no row opens a page at its limit
+            return Victims(rows, torch.full_like(rows, EMPTY), host, need_h)
+        need = to_device(need_h, self.device)  # [n] bool
         pages = self.pages[rows]  # [n, L]
         valid = pages != EMPTY
         newest = pages.max(dim=1, keepdim=True).values  # [n, 1]
         candidate = valid & (pages != newest)
         inf = float("inf")
         key = torch.full(pages.shape, inf, dtype=torch.float64, device=self.device)  # [n, L]
-        for policy, mine in self.policies.in_batch(self.policy[rows]):
+        for policy, mine in self.policies.in_batch(self.policy[rows], self.host.policy[host.rows]):
             key = torch.where(mine[:, None], policy.victim_key(self, rows, pages), key)
         key = torch.where(candidate, key, torch.full_like(key, inf))
         best, slot = key.min(dim=1)  # [n]
         chosen = pages.gather(1, slot[:, None]).squeeze(1)  # [n]
         ok = need & torch.isfinite(best)
-        return Victims(rows, torch.where(ok, chosen, torch.full_like(chosen, EMPTY)))
+        return Victims(rows, torch.where(ok, chosen, torch.full_like(chosen, EMPTY)), host, need_h)
 
     def evict(self, victims: Victims) -> None:
-        """Drop each chosen page from its row. Pages equal to EMPTY are skipped (evict 0 is always safe)."""
+        """Drop each chosen page from its row. Pages equal to EMPTY are skipped (evict 0 is always safe).
+        NOTE: with `victims.need`, the host mirror takes one page off each needing row (the caller has checked
+        that each found one); without it, the removals are read back (a sync)."""
         hit = (self.pages[victims.rows] == victims.page[:, None]) & (victims.page[:, None] != EMPTY)  # [n, L]
         pages = self.pages[victims.rows]
         self.pages[victims.rows] = torch.where(hit, torch.full_like(pages, EMPTY), pages)
         removed = hit.sum(dim=1)
         self.count[victims.rows] -= removed
         self.evicted[victims.rows] += removed
+        if victims.need is not None:
+            rows_h, removed_h = victims.host.rows[victims.need], 1
+        else:
+            rows_h, removed_h = victims.rows.cpu().numpy(), removed.cpu().numpy()
+        np.subtract.at(self.host.count, rows_h, removed_h)
+        np.add.at(self.host.evicted, rows_h, removed_h)
 
-    def open_pages(self, rows: torch.Tensor, positions: torch.Tensor) -> None:
+    def open_pages(self, rows: torch.Tensor, positions: torch.Tensor, host: HostBatch | None = None) -> None:
         """Record the page opened by each row's token at `positions` (rows whose token does not open a page are
-        untouched). A new page is stamped with the row's current step.
+        untouched). A new page is stamped with the row's current step. `host`: as in `victims`.
 
         NOTE: callers evict first; a row at its limit that opens a page without a free slot is a bug.
         """
-        opens = self.opens_page(rows, positions)
-        if not bool(opens.any()):
+        host = host if host is not None else host_batch(rows, positions)
+        opens_h = self.host.opens_page(host.rows, host.positions)  # [n] bool
+        if not opens_h.any():
             return
-        rows, positions = rows[opens], positions[opens]
-        pages = self.pages[rows]  # [m, L]
-        free = pages == EMPTY
-        in_limit = torch.arange(self.L, device=self.device)[None, :] < self.limit[rows][:, None]
-        usable = free & in_limit
-        if not bool(usable.any(dim=1).all()):
+        rows_h = host.rows[opens_h]  # [m]
+        if (self.host.count[rows_h] >= self.host.limit[rows_h]).any():
             raise RuntimeError("RaaS state: a row opened a page with no free slot (evict before allocating)")
+        idx = to_device(np.flatnonzero(opens_h), self.device)  # [m] int64
+        rows, positions = rows[idx], positions[idx]
+        pages = self.pages[rows]  # [m, L]
+        in_limit = torch.arange(self.L, device=self.device)[None, :] < self.limit[rows][:, None]
+        usable = (pages == EMPTY) & in_limit  # NOTE: count < limit, so each row has one
         slot = usable.to(torch.int8).argmax(dim=1)  # first usable slot, [m]
         self.pages[rows, slot] = positions // self.page_size
         self.stamp[rows, slot] = self.step[rows]
         self.score[rows, slot] = 0.0
         self.count[rows] += 1
+        self.host.count[rows_h] += 1
 
-    def observe(self, rows: torch.Tensor, scores: torch.Tensor) -> None:
+    def observe(self, rows: torch.Tensor, scores: torch.Tensor, host_rows: np.ndarray | None = None) -> None:
         """One step's page scores for `rows`: each row's policy updates its per-page state; then every row's
-        step advances. rows [n] int64; scores [n, L] float, aligned with `self.pages[rows]`."""
-        for policy, mine in self.policies.in_batch(self.policy[rows]):
-            policy.observe(self, rows[mine], scores[mine])
+        step advances. rows [n] int64; scores [n, L] float, aligned with `self.pages[rows]`; host_rows: `rows`
+        on the host (else read back: a sync)."""
+        host_rows = host_rows if host_rows is not None else rows.cpu().numpy()
+        for policy, idx in self.policies.groups(self.host.policy[host_rows]):
+            if idx is None:  # every row runs this policy
+                policy.observe(self, rows, scores)
+            else:
+                idx = to_device(idx, self.device)  # [m] int64
+                policy.observe(self, rows[idx], scores[idx])
         self.step[rows] += 1
 
     def mark_sparse(self, rows: torch.Tensor, positions: torch.Tensor, sparse: torch.Tensor) -> None:
@@ -215,11 +250,13 @@ class RaasState:
         valid = self.pages[rows] != EMPTY
         self.score[rows] += torch.where(valid, scores, torch.zeros_like(scores))
 
-    def prompt_window(self, rows: torch.Tensor, pin_end: torch.Tensor, seq_lens: torch.Tensor):
+    def prompt_window(self, rows: torch.Tensor, pin_end: torch.Tensor, seq_lens: torch.Tensor,
+                      host_rows: np.ndarray | None = None):
         """(a, b) [n] int64: each row attends to pinned positions [0, a) and [b, pin_end) (its policy's choice;
         the whole prompt unless the policy says otherwise)."""
         a, b = pin_end, pin_end
-        for policy, mine in self.policies.in_batch(self.policy[rows]):
+        present = self.host.policy[host_rows] if host_rows is not None else None
+        for policy, mine in self.policies.in_batch(self.policy[rows], present):
             pa, pb = policy.prompt_window(self, rows, pin_end, seq_lens)
             a, b = torch.where(mine, pa, a), torch.where(mine, pb, b)
         return a, b
@@ -227,24 +264,33 @@ class RaasState:
     # -- queries -------------------------------------------------------------------------------------------------
 
     def resident_pages(self, row: int) -> list[int]:
-        """Sorted logical indices of the row's resident decode pages (a host list; not for the hot path)."""
-        p = self.pages[row]
-        return sorted(p[p != EMPTY].tolist())
+        """Sorted logical indices of the row's resident decode pages (a host list, one sync; not for the hot
+        path)."""
+        return sorted(p for p in self.pages[row].tolist() if p != EMPTY)
 
     def holes(self, row: int, upto_tokens: int) -> list[int]:
         """Logical indices of the row's evicted decode pages below `upto_tokens`, ascending (a host list for the
         release and checkpoint paths, not the decode step; `holes.hole_pages`)."""
-        if int(self.evicted[row]) == 0:
+        if self.host.evicted[row] == 0:
             return []
-        first = int(self.first_decode_page(torch.tensor([row], device=self.device))[0])
+        first = int(self.host.first_decode_page(np.array([row]))[0])
         return hole_pages(self.resident_pages(row), first, -(-upto_tokens // self.page_size))
 
     def dense_prefix(self, row: int, seq_len: int) -> int:
         """Leading positions whose KV equals dense attention's (before the first hole and `sparse_from`, at most
-        `seq_len`): the radix tree may receive at most `[0, dense_prefix)` (it page-floors it)."""
-        return min(self.first_hole(row, seq_len), int(self.sparse_from[row]))
+        `seq_len`): the radix tree may receive at most `[0, dense_prefix)` (it page-floors it). One sync."""
+        if self.host.evicted[row] == 0:
+            return min(seq_len, int(self.sparse_from[row]))
+        sparse_from, *pages = torch.cat([self.sparse_from[row:row + 1], self.pages[row]]).tolist()
+        return min(self._first_hole(row, seq_len, sorted(p for p in pages if p != EMPTY)), sparse_from)
 
     def first_hole(self, row: int, seq_len: int) -> int:
         """The first logical token position whose KV slot was evicted, or `seq_len` if none."""
-        holes = self.holes(row, seq_len)
+        return self._first_hole(row, seq_len, self.resident_pages(row) if self.host.evicted[row] else [])
+
+    def _first_hole(self, row: int, seq_len: int, resident: list[int]) -> int:
+        if self.host.evicted[row] == 0:
+            return seq_len
+        first = int(self.host.first_decode_page(np.array([row]))[0])
+        holes = hole_pages(resident, first, -(-seq_len // self.page_size))
         return min(seq_len, holes[0] * self.page_size) if holes else seq_len

@@ -58,7 +58,9 @@ class PageKeyBounds:
             return
         page = slots // self.page_size  # [n]
         kb = self.kb[layer]
-        kb[page[slots % self.page_size == 0]] = float("-inf")
+        # NOTE: tokens that start no page reset the padding page 0 instead (no boolean mask: no sync); page 0 is
+        # never a request's page, so its bounds are never read
+        kb[torch.where(slots % self.page_size == 0, page, torch.zeros_like(page))] = float("-inf")
         kf = k.to(kb.dtype)
         both = torch.cat([kf, -kf], dim=-1)  # [n, kv_heads, 2d]
         kb.scatter_reduce_(0, page[:, None, None].expand_as(both), both, reduce="amax", include_self=True)

@@ -11,9 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 
 from raas_sglang.core import EMPTY, RaasState
+from raas_sglang.host import HostBatch, host_batch
 from raas_sglang.scoring import PageKeyBounds, page_shares
 
 
@@ -29,32 +31,61 @@ class ResidentTable:
     col_slot: torch.Tensor  # [bs, n_max] int64: state slot of each position's decode page, L if pinned/padding
     pos: torch.Tensor  # [bs, n_max] int64 logical positions (padding = 0)
     rows: torch.Tensor  # [bs] int64 request-pool rows
+    n_host: np.ndarray  # [bs] int64 `n` on the host (an upper bound where a policy has no host window)
+    n_exact: bool  # whether n_host == n (every row's policy has `prompt_window_host`)
     cand_end: torch.Tensor | None = None  # [bs] int64: Quest-selecting rows pick among positions below; else 0
+    cand_max: int = 0  # max(cand_end), from the host
 
     def ragged(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(kv_indptr [bs + 1] int32, kv_indices [sum(n)] int64): row i reads kv_indices[indptr[i]:indptr[i+1]]."""
+        """(kv_indptr [bs + 1] int32, kv_indices [sum(n)] int64): row i reads kv_indices[indptr[i]:indptr[i+1]].
+        NOTE: scattered into a buffer sized from the host (a boolean mask would sync); padding columns land in
+        one spare entry past the end."""
         cols = torch.arange(self.slots.shape[1], device=self.slots.device)  # [n_max]
-        indices = self.slots[cols[None, :] < self.n[:, None]]  # [sum(n)], row-major = per-row ascending
         indptr = torch.zeros(len(self.n) + 1, dtype=torch.int32, device=self.n.device)
         indptr[1:] = torch.cumsum(self.n, dim=0)
-        return indptr, indices
+        total = int(self.n_host.sum())  # >= sum(n)
+        dest = indptr[:-1, None].to(torch.int64) + cols[None, :]  # [bs, n_max]
+        dest = torch.where(cols[None, :] < self.n[:, None], dest, torch.full_like(dest, total))
+        out = torch.empty(total + 1, dtype=torch.int64, device=self.slots.device)
+        out.scatter_(0, dest.reshape(-1), self.slots.reshape(-1))
+        return indptr, out[:total]
 
 
-def prompt_window(state: RaasState, rows: torch.Tensor, seq_lens: torch.Tensor):
+def prompt_window(state: RaasState, rows: torch.Tensor, seq_lens: torch.Tensor, host_rows: np.ndarray | None = None):
     """(pin_end, (a, b)) [bs] int64: the end of each row's pinned region and the pinned positions it attends,
     [0, a) + [b, pin_end) (its policy's choice: `RaasState.prompt_window`)."""
     pin_end = torch.minimum(state.first_decode_page(rows) * state.page_size, seq_lens)
-    return pin_end, state.prompt_window(rows, pin_end, seq_lens)
+    return pin_end, state.prompt_window(rows, pin_end, seq_lens, host_rows)
 
 
-def resident_positions(state: RaasState, rows: torch.Tensor, seq_lens: torch.Tensor, window=None):
+def resident_lengths(state: RaasState, host: HostBatch) -> tuple[np.ndarray, bool]:
+    """(n [bs] int64, exact), on the host: the positions each row attends this forward (`resident_positions`' n),
+    from the host mirror (no sync); an upper bound (exact False) for rows whose policy has no `prompt_window_host`.
+    NOTE: a row with decode pages is writing into its newest one, the page of its last position."""
+    h, ps = state.host, state.page_size
+    rows, seq = host.rows, host.positions + 1
+    pin_end = np.minimum(h.first_decode_page(rows) * ps, seq)  # [bs]
+    n_pin, exact = pin_end.copy(), True
+    for policy, idx in state.policies.groups(h.policy[rows]):
+        sel = slice(None) if idx is None else idx
+        window = policy.prompt_window_host(h.limit[rows][sel], pin_end[sel], seq[sel], ps)
+        if window is not None:
+            n_pin[sel] = window[0] + pin_end[sel] - window[1]
+        exact &= window is not None
+    count = h.count[rows]
+    return n_pin + np.where(count > 0, (count - 1) * ps + (seq - 1) % ps + 1, 0), exact
+
+
+def resident_positions(state: RaasState, rows: torch.Tensor, seq_lens: torch.Tensor, window=None,
+                       n_max: int | None = None):
     """Logical positions each row attends to, ascending, padded — and which state slot each one's page is in.
 
     rows [bs] int64, seq_lens [bs] int64 (tokens in KV, including this step's). Returns (pos [bs, n_max] int64,
     padding = 0; n [bs] int64; col_slot [bs, n_max] int64 = the index into `state.pages[row]` of the position's
     decode page, or L for pinned positions and padding). Attended pinned tokens come first, then the resident
     decode pages in ascending order; only the newest page can be partial (it holds the token written this
-    step), so only the L page indices are sorted, never the positions.
+    step), so only the L page indices are sorted, never the positions. `n_max`: the table width, from the host
+    (`resident_lengths`; else read back, a sync).
     """
     ps, L = state.page_size, state.L
     pin_end, (a, b) = window if window is not None else prompt_window(state, rows, seq_lens)
@@ -67,7 +98,7 @@ def resident_positions(state: RaasState, rows: torch.Tensor, seq_lens: torch.Ten
     newest = sorted_pages.gather(1, (count - 1).clamp(min=0)[:, None]).squeeze(1)  # [bs]
     dec_tokens = torch.where(count > 0, (count - 1) * ps + (seq_lens - newest * ps), torch.zeros_like(count))
     n = n_pin + dec_tokens  # [bs]
-    cols = torch.arange(int(n.max()), device=rows.device)[None, :]  # [1, n_max]
+    cols = torch.arange(int(n.max()) if n_max is None else n_max, device=rows.device)[None, :]  # [1, n_max]
     rel = (cols - n_pin[:, None]).clamp(min=0)  # [bs, n_max] offset into the decode part
     k = (rel // ps).clamp(max=L - 1)  # [bs, n_max] ordinal of the decode page
     in_dec = (cols >= n_pin[:, None]) & (cols < n[:, None])
@@ -78,20 +109,22 @@ def resident_positions(state: RaasState, rows: torch.Tensor, seq_lens: torch.Ten
     return pos, n, col_slot
 
 
-def selection_ends(state: RaasState, rows: torch.Tensor, seq_lens: torch.Tensor) -> torch.Tensor | None:
-    """[bs] int64: for rows whose policy selects pages per layer, the end of their candidate positions (all pages
-    before the one being written, or the pinned prompt); 0 for other rows. None if no row selects."""
-    ps = state.page_size
-    ends = torch.zeros_like(seq_lens)
-    for policy, mine in state.policies.in_batch(state.policy[rows]):
+def selection_ends(state: RaasState, host: HostBatch) -> np.ndarray | None:
+    """[bs] int64, on the host: for rows whose policy selects pages per layer, the end of their candidate
+    positions (all pages before the one being written, or the pinned prompt); 0 for other rows. None if no row
+    selects."""
+    h, ps = state.host, state.page_size
+    seq = host.positions + 1
+    ends = np.zeros_like(seq)
+    for policy, idx in state.policies.groups(h.policy[host.rows]):
         if policy.selects is None:
             continue
+        sel = slice(None) if idx is None else idx
         if policy.selects == "all":
-            end = (seq_lens - 1) // ps * ps
+            ends[sel] = (seq[sel] - 1) // ps * ps
         else:
-            end = torch.minimum(state.first_decode_page(rows) * ps, seq_lens)
-        ends = torch.where(mine, end, ends)
-    return ends if bool((ends > 0).any()) else None
+            ends[sel] = np.minimum(h.first_decode_page(host.rows[sel]) * ps, seq[sel])
+    return ends if (ends > 0).any() else None
 
 
 def attends_subset(state: RaasState, rows: torch.Tensor, window, cand_end: torch.Tensor | None) -> torch.Tensor:
@@ -105,11 +138,14 @@ def attends_subset(state: RaasState, rows: torch.Tensor, window, cand_end: torch
 
 
 def build_table(state: RaasState, rows: torch.Tensor, seq_lens: torch.Tensor, req_to_token: torch.Tensor,
-                cand_end: torch.Tensor | None = None, window=None) -> ResidentTable:
-    """The resident table of a decode batch. req_to_token [rows_total, max_context] int32 (SGLang's map)."""
-    pos, n, col_slot = resident_positions(state, rows, seq_lens, window)
+                lengths: tuple[np.ndarray, bool] | None = None, cand_end: torch.Tensor | None = None, window=None,
+                cand_max: int = 0) -> ResidentTable:
+    """The resident table of a decode batch. req_to_token [rows_total, max_context] int32 (SGLang's map);
+    lengths: `resident_lengths` (else computed from the batch read back: a sync)."""
+    n_host, exact = lengths if lengths is not None else resident_lengths(state, host_batch(rows, seq_lens - 1))
+    pos, n, col_slot = resident_positions(state, rows, seq_lens, window, int(n_host.max()))
     slots = req_to_token[rows[:, None], pos].to(torch.int64)  # [bs, n_max] KV slots
-    return ResidentTable(slots, n, col_slot, pos, rows, cand_end)
+    return ResidentTable(slots, n, col_slot, pos, rows, n_host, exact, cand_end, cand_max)
 
 
 def quest_keep(table: ResidentTable, bounds: PageKeyBounds, layer: int, q: torch.Tensor, sm_scale: float,
@@ -119,7 +155,7 @@ def quest_keep(table: ResidentTable, bounds: PageKeyBounds, layer: int, q: torch
     q [bs, q_heads, d]; limit [bs] int64 (each row's page limit). NOTE: a selecting row's candidate positions are
     table columns [0, cand_end), since its pinned part starts at position 0 and is contiguous."""
     ps = bounds.page_size
-    P = int(-(-int(table.cand_end.max()) // ps))
+    P = -(-table.cand_max // ps)
     j = torch.arange(P, device=q.device)  # [P] candidate logical pages
     ok = j[None, :] * ps < table.cand_end[:, None]  # [bs, P]
     first = (j * ps).clamp(max=table.slots.shape[1] - 1)
@@ -234,17 +270,20 @@ class DecodeStep:
 
     rows: torch.Tensor  # [bs] int64 request-pool rows
     seq_lens: torch.Tensor  # [bs] int64 tokens in KV, including this step's
+    host: HostBatch  # the batch on the host (its positions = seq_lens - 1)
     last_layer: int  # the model's last layer index (0-based, this process's layers); scores finish there
     table: ResidentTable | None = None
     scores: PageScores | None = None
     window: tuple[torch.Tensor, torch.Tensor] | None = None  # ([bs], [bs]) int64 each row's prompt window (a, b)
 
 
-def held_tokens(rows: torch.Tensor, seq_lens: torch.Tensor, req_to_token: torch.Tensor, page_size: int):
+def held_tokens(rows: torch.Tensor, seq_lens: torch.Tensor, req_to_token: torch.Tensor, page_size: int,
+                max_seq_len: int | None = None):
     """[n] int64: KV tokens each row holds, read from its actual slots: pages whose first entry is a live slot
-    (evicted pages point at the padding page 0), times the page size. rows [n] int64, seq_lens [n] int64."""
+    (evicted pages point at the padding page 0), times the page size. rows [n] int64, seq_lens [n] int64;
+    max_seq_len: max(seq_lens), from the host (else read back: a sync)."""
     ps = page_size
-    npages = -(-seq_lens // ps)  # [n]
-    cols = torch.arange(int(npages.max()), device=rows.device) * ps  # [P]
+    max_seq_len = int(seq_lens.max()) if max_seq_len is None else max_seq_len
+    cols = torch.arange(-(-max_seq_len // ps), device=rows.device) * ps  # [P]
     firsts = req_to_token[rows[:, None], cols[None, :]]  # [n, P]
     return ((firsts != 0) & (cols[None, :] < seq_lens[:, None])).sum(dim=1) * ps  # [n]

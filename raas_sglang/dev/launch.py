@@ -23,12 +23,14 @@ from typing import Any, Sequence
 from raas_sglang.cpu_env import has_cuda, launch_env
 
 # SGLang's own KV accounting checks, raising on any violation (busy and idle pool identities, the allocator's
-# duplicate-page check, per-request page ownership). Tests and benchmarks run servers with these on.
+# duplicate-page check, per-request page ownership), and the plugin's host-mirror check. Tests and benchmarks run servers
+# with these on.
 STRICT_KV_CHECKS = {
     "SGLANG_ENABLE_STRICT_MEM_CHECK_DURING_BUSY": "1",
     "SGLANG_ENABLE_STRICT_MEM_CHECK_DURING_IDLE": "1",
     "SGLANG_CHECK_KV_PAGE_INVARIANTS": "1",
     "SGLANG_DEBUG_MEMORY_POOL": "1",
+    "RAAS_CHECK_MIRRORS": "1",  # the plugin's own: its host mirror equals its device state at every decode step
 }
 # every KV and tree check SGLang has (bench.soak runs with all of them): STRICT_KV_CHECKS plus the radix tree's
 # sanity check and the crash-on-violation level of SGLang's value/index invariant probes

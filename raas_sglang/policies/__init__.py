@@ -21,6 +21,7 @@ import os
 from importlib.metadata import entry_points
 from typing import Any, Iterable
 
+import numpy as np
 import torch
 
 from raas_sglang.policies.base import EMPTY, Policy, rank_desc
@@ -59,11 +60,23 @@ class PolicySet:
     def __getitem__(self, name: str) -> Policy:
         return self.by_id[self.ids[name]]
 
-    def in_batch(self, policy_ids: torch.Tensor) -> list[tuple[Policy, torch.Tensor]]:
-        """(policy, mask [n] bool) for each policy some rows run (dense rows are left out). policy_ids [n] int64.
-        One host sync for the whole batch (a count per id), not one per policy."""
-        counts = torch.bincount(policy_ids, minlength=len(self.by_id)).tolist()
+    def in_batch(self, policy_ids: torch.Tensor, present: np.ndarray | None = None) -> list[tuple[Policy, torch.Tensor]]:
+        """(policy, mask [n] bool) for each policy some rows run (dense rows are left out). policy_ids [n] int64;
+        present: the same ids on the host (`HostMirror.policy`), else counted on the device (one sync)."""
+        if present is not None:
+            counts = np.bincount(present, minlength=len(self.by_id))
+        else:
+            counts = torch.bincount(policy_ids, minlength=len(self.by_id)).tolist()
         return [(p, policy_ids == i) for i, p in enumerate(self.by_id) if p is not None and counts[i]]
+
+    def groups(self, present: np.ndarray) -> list[tuple[Policy, np.ndarray | None]]:
+        """(policy, row indices [m] int64, or None when every row runs it) for each policy in a batch whose rows'
+        ids are `present` [n] int64 (host); dense rows are left out."""
+        found = np.unique(present)
+        if len(found) == 1:
+            p = self.by_id[int(found[0])]
+            return [] if p is None else [(p, None)]
+        return [(self.by_id[int(i)], np.flatnonzero(present == i)) for i in found if self.by_id[int(i)] is not None]
 
 
 def _load_external() -> None:

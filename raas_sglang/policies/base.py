@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 if TYPE_CHECKING:
@@ -54,6 +55,14 @@ class Policy:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(a, b) [n] int64: attend to pinned positions [0, a) and [b, pin_end). Default: the whole prompt."""
         return pin_end, pin_end
+
+    def prompt_window_host(self, limit: np.ndarray, pin_end: np.ndarray, seq_lens: np.ndarray, page_size: int):
+        """`prompt_window` on the host, from the rows' page limits, pin ends and seq lens ([m] int64 numpy each):
+        (a, b) [m] int64, or None when a policy overrides `prompt_window` without this (the decode step then sizes
+        its resident table by the whole prompt: correct, only wider). Lets a step size its table without a sync."""
+        if type(self).prompt_window is Policy.prompt_window:
+            return pin_end, pin_end
+        return None
 
 
 def rank_desc(pages: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:

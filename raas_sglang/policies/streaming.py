@@ -4,6 +4,7 @@ the window are no longer attended (they stay allocated: the prompt is shared thr
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from raas_sglang.policies import register
@@ -21,3 +22,7 @@ class Streaming(Policy):
         sink = torch.clamp(pin_end, max=state.page_size)
         window_start = seq_lens - state.limit[rows] * state.page_size
         return sink, torch.minimum(torch.maximum(window_start, sink), pin_end)
+
+    def prompt_window_host(self, limit, pin_end, seq_lens, page_size):
+        sink = np.minimum(pin_end, page_size)
+        return sink, np.minimum(np.maximum(seq_lens - limit * page_size, sink), pin_end)
