@@ -10,6 +10,11 @@ are read from SGLang's `sglang:num_retracted_requests_total` (`--enable-metrics`
 `/get_server_info` after a flush. `router_radix_hit` is turn 2's `cached_tokens` of a chat whose turn 1 went
 through the router, answered by the worker that holds turn 1's prompt.
 
+The model (`--model`): the "bench" shape by default (hidden 512, 4 layers, 8 heads, random weights: attention and
+the KV pool matter, unlike the 2-layer tiny model whose fixed per-step cost hides what RaaS changes), `smollm2`
+(SmolLM2-135M, `make setup`), or `tiny`; the JSON names it with its shape. Defaults are a reasoning shape: 2,048
+output tokens per request and a pool that holds only a few dense requests (8,192 tokens: three of 2,176).
+
 Acceptance (exit 1 when missed): every setup completes every request, none fails, every server is leak-free, and
 the router's turn 2 hits the cache. The goals (RaaS >= 3x dense output tokens/s; router + 2 RaaS >= 1.8x one RaaS)
 are reported in `goals`, measured in this one run. On a CPU-only machine every server runs one core's worth of
@@ -31,7 +36,7 @@ from pathlib import Path
 
 from bench.common import STRICT_ENV, leak_free, log, write_json
 from raas_sglang.cpu_env import has_cuda, launch_env
-from raas_sglang.dev import tiny_model
+from raas_sglang.dev import smollm2, tiny_model
 from raas_sglang.dev.launch import Server, start_router, start_server
 
 
@@ -123,19 +128,35 @@ def router_chat(router: Server) -> int:
     return int(second["usage"]["prompt_tokens_details"]["cached_tokens"])
 
 
+MODELS = {"bench": tiny_model.build_bench, "tiny": tiny_model.build, "smollm2": smollm2.build}
+SHAPE_KEYS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+              "num_key_value_heads", "vocab_size")
+
+
+def model_record(name: str, path: Path) -> dict:
+    """What the JSON says about the model: its name, directory and shape (from its config.json)."""
+    config = json.loads((path / "config.json").read_text())
+    where = path.resolve()
+    where = where.relative_to(tiny_model.REPO_ROOT) if where.is_relative_to(tiny_model.REPO_ROOT) else where
+    return {"name": name, "path": str(where), **{k: config.get(k) for k in SHAPE_KEYS}}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--json", required=True)
-    p.add_argument("--pool", type=int, default=4096, help="--max-total-tokens of every server")
-    p.add_argument("--budget", type=int, default=64, help="--raas-budget of the RaaS servers")
+    p.add_argument("--model", choices=sorted(MODELS), default="bench")
+    p.add_argument("--pool", type=int, default=8192, help="--max-total-tokens of every server")
+    p.add_argument("--budget", type=int, default=256, help="--raas-budget of the RaaS servers")
     p.add_argument("--groups", type=int, default=4)
     p.add_argument("--per-group", type=int, default=8)
     p.add_argument("--system-len", type=int, default=96)
     p.add_argument("--question-len", type=int, default=32)
-    p.add_argument("--output-len", type=int, default=768)
-    p.add_argument("--timeout", type=float, default=1800, help="seconds per benchmark run")
+    p.add_argument("--output-len", type=int, default=2048)
+    p.add_argument("--timeout", type=float, default=3600, help="seconds per benchmark run")
     a = p.parse_args()
-    model = tiny_model.build()
+    model = Path(MODELS[a.model]())
+    log(f"model {a.model} ({model}); {a.groups * a.per_group} requests of {a.system_len + a.question_len} prompt + "
+        f"{a.output_len} output tokens; pool {a.pool}, budget {a.budget}")
     n = a.groups * a.per_group
     raas = ["--kv-policy", "raas", "--raas-budget", str(a.budget)]
     rows = []
@@ -168,18 +189,18 @@ def main() -> None:
     data = {
         "benchmark": "sglang.benchmark.serving --backend sglang --dataset-name generated-shared-prefix "
                      "--request-rate inf",
-        "pool_tokens": a.pool, "budget_tokens": a.budget, "page_size": 16, "requests": n,
+        "model": model_record(a.model, model), "pool_tokens": a.pool, "budget_tokens": a.budget, "page_size": 16, "requests": n,
         "groups": a.groups, "system_prompt_tokens": a.system_len, "question_tokens": a.question_len,
         "output_tokens": a.output_len, "rows": rows, "router_radix_hit": hit, "goals": goals,
         "acceptance": acceptance,
     }
     write_json(a.json, data)
     plot_path = Path(a.json).with_suffix(".png")
-    _bar(plot_path, rows)
+    _bar(plot_path, rows, a.model)
     sys.exit(0 if acceptance else 1)
 
 
-def _bar(path: Path, rows: list[dict]) -> None:
+def _bar(path: Path, rows: list[dict], model_name: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -190,7 +211,7 @@ def _bar(path: Path, rows: list[dict]) -> None:
     ax.bar(names, [r["output_tok_s"] for r in rows], color=["#888", "#2a7", "#27a"])
     for i, r in enumerate(rows):
         ax.text(i, r["output_tok_s"], f"{r['output_tok_s']:.0f}", ha="center", va="bottom")
-    ax.set(title="Completed output tokens/s, same KV pool per server", ylabel="output tok/s")
+    ax.set(title=f"Output tokens/s, same KV pool per server ({model_name})", ylabel="output tok/s")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

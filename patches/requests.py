@@ -44,6 +44,7 @@ def request_policy(req, config: RaasConfig) -> tuple[str, int, bool]:
     found = getattr(req, ATTR, None)
     if not isinstance(found, RequestOverrides):
         found = request_overrides(custom_params_of(req), config)
+        setattr(req, ATTR, found)  # NOTE: once per request (admission asks for every running request each pass)
     return found.policy, found.budget_pages, found.trace
 
 
