@@ -203,7 +203,7 @@ def _evict_before(rt: runtime.Runtime, batch) -> list[tuple[int, int]]:
             continue
         dev = rt.state.device
         rows, positions = torch.tensor([row], device=dev), torch.tensor([pos], device=dev)
-        if bool(rt.state.opens_page(rows, positions)[0]):
+        if rt.state.host.opens_page(np.array([row]), np.array([pos]))[0]:
             from raas_sglang.patches.schedule import abort_lost
 
             req_to_token = batch.req_to_token_pool.req_to_token

@@ -152,11 +152,6 @@ class RaasState:
 
     # -- one decode step -----------------------------------------------------------------------------------------
 
-    def opens_page(self, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """[n] bool: the token written at `positions` (one per row) opens a new decode page."""
-        ps = self.page_size
-        return (positions % ps == 0) & (positions // ps >= self.first_decode_page(rows))
-
     def victims(self, rows: torch.Tensor, positions: torch.Tensor, host: HostBatch | None = None) -> Victims:
         """Choose, for each row whose next token opens a page while it holds its limit of pages, the page to
         evict: its policy's lowest `victim_key`, never the newest resident page (it holds the most recent
@@ -271,10 +266,11 @@ class RaasState:
     def holes(self, row: int, upto_tokens: int) -> list[int]:
         """Logical indices of the row's evicted decode pages below `upto_tokens`, ascending (a host list for the
         release and checkpoint paths, not the decode step; `holes.hole_pages`)."""
-        if self.host.evicted[row] == 0:
-            return []
+        return self._holes(row, upto_tokens, self.resident_pages(row)) if self.host.evicted[row] else []
+
+    def _holes(self, row: int, upto_tokens: int, resident: list[int]) -> list[int]:
         first = int(self.host.first_decode_page(np.array([row]))[0])
-        return hole_pages(self.resident_pages(row), first, -(-upto_tokens // self.page_size))
+        return hole_pages(resident, first, -(-upto_tokens // self.page_size))
 
     def dense_prefix(self, row: int, seq_len: int) -> int:
         """Leading positions whose KV equals dense attention's (before the first hole and `sparse_from`, at most
@@ -282,15 +278,12 @@ class RaasState:
         if self.host.evicted[row] == 0:
             return min(seq_len, int(self.sparse_from[row]))
         sparse_from, *pages = torch.cat([self.sparse_from[row:row + 1], self.pages[row]]).tolist()
-        return min(self._first_hole(row, seq_len, sorted(p for p in pages if p != EMPTY)), sparse_from)
+        holes = self._holes(row, seq_len, sorted(p for p in pages if p != EMPTY))
+        return min(self._hole_start(holes, seq_len), sparse_from)
 
     def first_hole(self, row: int, seq_len: int) -> int:
         """The first logical token position whose KV slot was evicted, or `seq_len` if none."""
-        return self._first_hole(row, seq_len, self.resident_pages(row) if self.host.evicted[row] else [])
+        return self._hole_start(self.holes(row, seq_len), seq_len)
 
-    def _first_hole(self, row: int, seq_len: int, resident: list[int]) -> int:
-        if self.host.evicted[row] == 0:
-            return seq_len
-        first = int(self.host.first_decode_page(np.array([row]))[0])
-        holes = hole_pages(resident, first, -(-seq_len // self.page_size))
+    def _hole_start(self, holes: list[int], seq_len: int) -> int:
         return min(seq_len, holes[0] * self.page_size) if holes else seq_len

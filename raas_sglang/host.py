@@ -45,7 +45,7 @@ class HostMirror:
         return -(-self.pin_len[rows] // self.page_size)
 
     def opens_page(self, rows: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        """[n] bool: the token at `positions` starts a new decode page (`RaasState.opens_page`)."""
+        """[n] bool: the token at `positions` starts a new decode page (page >= the first decode page)."""
         ps = self.page_size
         return (positions % ps == 0) & (positions // ps >= self.first_decode_page(rows))
 
