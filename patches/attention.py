@@ -165,11 +165,19 @@ def run_sdpa_forward_decode(orig, self, query, output, k_cache, v_cache, req_to_
     return output
 
 
-def _fold_keys(rt: runtime.Runtime, layer, forward_batch, k) -> None:
-    if k is None or rt.bounds is None:
+def _fold_keys(rt: runtime.Runtime, layer, forward_batch, k, pool=None) -> None:
+    """Fold the keys this layer just wrote into the Quest bounds. NOTE: an MLA model's prefill runs through its MHA
+    attention (per-head K rebuilt from the latent, `save_kv_cache=False`) after the model wrote the latent rows
+    itself: those rows are read back from the pool (`pool` given), the only keys decode will see."""
+    if rt.bounds is None:
         return
-    kk = k.reshape(-1, layer.tp_k_head_num, layer.qk_head_dim)
-    rt.bounds.update(layer.layer_id - rt.start_layer, forward_batch.out_cache_loc.to(torch.int64), kk)
+    loc = forward_batch.out_cache_loc.to(torch.int64)  # [tokens]
+    kv_heads, dim = rt.bounds.kb[0].shape[1], rt.bounds.head_dim
+    if pool is not None and (layer.tp_k_head_num, layer.qk_head_dim) != (kv_heads, dim):
+        k = pool.get_key_buffer(layer.layer_id)[loc]  # [tokens, 1, kv_lora_rank + rope]: the latent rows written
+    if k is None:
+        return
+    rt.bounds.update(layer.layer_id - rt.start_layer, loc, k.reshape(-1, kv_heads, dim))
 
 
 def layer_hooks(cls_path: str, kind: Backend) -> tuple:
@@ -196,7 +204,7 @@ def layer_hooks(cls_path: str, kind: Backend) -> tuple:
         rt = runtime.get()
         if rt is not None and kind.needs_bounds(rt.config):
             rt.ensure_bounds(self.token_to_kv_pool)
-            _fold_keys(rt, layer, forward_batch, k)
+            _fold_keys(rt, layer, forward_batch, k, self.token_to_kv_pool)
         return out
 
     return ((cls_path + ".forward_decode", forward_decode, "AROUND"),

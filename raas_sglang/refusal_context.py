@@ -16,9 +16,10 @@ from raas_sglang.config import RaasConfig
 from raas_sglang.policies import DENSE
 
 SUPPORTED_BACKENDS = frozenset({"torch_native", "triton", "flashinfer"})
-# the KV pool and allocator classes whose pages RaaS frees: one per-head K and V buffer per layer behind one paged
-# allocator (read by class name from what SGLang built; anything else is refused after load)
-SUPPORTED_POOLS = frozenset({"MHATokenToKVPool"})
+# the KV pool and allocator classes whose pages RaaS frees: one per-head K and V buffer per layer (MHA), or one
+# latent buffer per layer (MLA: c_KV then k_pe, one "head"; V is a view of c_KV), behind one paged allocator (read
+# by class name from what SGLang built; anything else, a DSA pool included, is refused after load)
+SUPPORTED_POOLS = frozenset({"MHATokenToKVPool", "MLATokenToKVPool"})
 SUPPORTED_ALLOCATORS = frozenset({"PagedTokenToKVPoolAllocator", "TokenToKVPoolAllocator"})
 
 
@@ -120,6 +121,19 @@ class Startup(Fields):
         return arg(self.view, "decode_attention_backend") or arg(self.view, "attention_backend")
 
     @property
+    def mla_blocker(self) -> str:
+        """Why this MLA model cannot be served under RaaS, in words ('' when it can: triton, Quest scores)."""
+        if getattr(self.model.hf_text_config, "index_topk", None) is not None:
+            return "DSA attention (DeepSeek V3.2's indexer selects the KV itself, in its own pool)"
+        others = sorted(self.backends - {"triton"})
+        if others:
+            return (f"MLA attention on the {', '.join(others)} backend (RaaS reads the latent cache on triton only; "
+                    "SGLang's torch_native cannot prefill MLA)")
+        if self.config.score == "exact":
+            return "MLA attention with --raas-score exact (the plugin's exact kernel has no MLA shape yet)"
+        return ""
+
+    @property
     def backends(self) -> set[str]:
         names = ("attention_backend", "decode_attention_backend", "prefill_attention_backend")
         return {arg(self.view, n) for n in names} - {None}
@@ -154,7 +168,9 @@ class Loaded(Fields):
     def unread_layers(self) -> str:
         """The pool's layers without exactly one attention layer found for them, in words ('' when none)."""
         found = [x.layer_id for x in self.layers]
-        missing = [i for i in self.pool_layers if found.count(i) != 1]
+        # NOTE: an MLA layer has two RadixAttentions of one layer id (the absorbed decode and the MHA prefill)
+        allowed = (1, 2) if self.pool == "MLATokenToKVPool" else (1,)
+        missing = [i for i in self.pool_layers if found.count(i) not in allowed]
         extra = sorted(set(found) - set(self.pool_layers))
         return ", ".join(str(i) for i in missing + extra)
 

@@ -167,9 +167,11 @@ STARTUP = (
     Refusal("startup.fp8-kv-torch-native", "an fp8 `--kv-cache-dtype` with the torch_native decode backend",
             "an fp8 KV cache on torch_native (RaaS's batched decode would not apply the cache's scales); use "
             "--kv-cache-dtype auto, or --kv-policy dense", lambda s: s.fp8_kv and s.decode_backend == "torch_native"),
-    Refusal("startup.mla-model", "the model's attention is MLA (or DSA)",
-            "MLA/DSA models (RaaS pages per-head KV); use --kv-policy dense for this model",
-            lambda s: s.attention_arch == "MLA", model=True),
+    Refusal("startup.mla-model", "the model's attention is MLA (DeepSeek V2/V3/R1, Kimi K2) and it would decode "
+            "or prefill on a backend other than triton, score with `--raas-score exact`, or use DSA's indexer",
+            "{mla_blocker}; use --attention-backend triton (RaaS serves MLA there, with Quest page scores), or "
+            "--kv-policy dense for this model", lambda s: s.attention_arch == "MLA" and bool(s.mla_blocker),
+            model=True),
     Refusal("startup.linear-attention-model", "the model has linear-attention or state-space layers (Qwen3-Next, "
             "Qwen3.5, Nemotron-H, Falcon-H1, Mamba, ...)",
             "hybrid linear-attention or state-space models (their layers keep a recurrent state, not pages); use "
@@ -186,10 +188,10 @@ STARTUP = (
 # checked in every scheduler process once SGLang built the model, its KV pool and allocator
 # (patches/model_checks.py): what the model really does, whatever its config says
 LOADED = (
-    Refusal("loaded.kv-pool", "SGLang built a KV pool or allocator other than a per-head paged one "
+    Refusal("loaded.kv-pool", "SGLang built a KV pool or allocator other than a per-head or MLA-latent paged one "
             "({supported_pools})",
-            "the KV pool SGLang built for this model ({pool} with {allocator}; RaaS frees pages of a per-head "
-            "paged pool only); use --kv-policy dense for this model",
+            "the KV pool SGLang built for this model ({pool} with {allocator}; RaaS frees pages of a per-head or "
+            "MLA-latent paged pool only); use --kv-policy dense for this model",
             lambda x: x.pool not in SUPPORTED_POOLS or x.allocator not in SUPPORTED_ALLOCATORS),
     Refusal("loaded.attention-layers", "the attention layers found in the loaded model do not cover the KV pool's "
             "layers one to one (e.g. SGLang's Transformers backend, `--model-impl transformers`, keeps them outside "

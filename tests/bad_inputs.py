@@ -224,8 +224,12 @@ CASES = (
     Launch("fp8-kv-torch-native", "startup.fp8-kv-torch-native", [*_RAAS, "--kv-cache-dtype", "fp8_e4m3", *_POOL],
            _UNSUPPORTED + "an fp8 KV cache on torch_native"),
     # the model matrix (docs/models.md): tiny models of each family, built with transformers' own config classes
-    ModelLaunch("deepseek-v2", "startup.mla-model", "deepseek-v2", [*_RAAS, *_POOL],
-                _UNSUPPORTED + "MLA/DSA models (RaaS pages per-head KV)"),
+    ModelLaunch("deepseek-v2-torch-native", "startup.mla-model", "deepseek-v2", [*_RAAS, *_POOL],
+                _UNSUPPORTED + "MLA attention on the torch_native backend (RaaS reads the latent cache on triton "
+                "only"),
+    ModelLaunch("deepseek-v2-exact", "startup.mla-model", "deepseek-v2",
+                [*_RAAS, "--attention-backend", "triton", "--raas-score", "exact", *_POOL],
+                _UNSUPPORTED + "MLA attention with --raas-score exact (the plugin's exact kernel has no MLA shape"),
     # (SGLang's CPU engine needs its Mamba cache without snapshots for this family: no_buffer, page 1)
     ModelLaunch("qwen3-next", "startup.linear-attention-model", "qwen3-next",
                 [*_RAAS, "--page-size", "1", "--mamba-radix-cache-strategy", "no_buffer", *_POOL],
@@ -243,8 +247,8 @@ CASES = (
                 "evicted pages"),
     ModelLaunch("gemma2", "loaded.sliding-window", "gemma2", [*_RAAS, *_POOL],
                 _UNSUPPORTED + "sliding-window attention (1 of 2 layers, window 31"),
-    Built("mla-pool", "loaded.kv-pool", _UNSUPPORTED + "the KV pool SGLang built for this model (MLATokenToKVPool "
-          "with PagedTokenToKVPoolAllocator", pool="MLATokenToKVPool"),
+    Built("dsa-pool", "loaded.kv-pool", _UNSUPPORTED + "the KV pool SGLang built for this model (DSATokenToKVPool "
+          "with PagedTokenToKVPoolAllocator", pool="DSATokenToKVPool"),
     Built("swa-allocator", "loaded.kv-pool", _UNSUPPORTED + "the KV pool SGLang built for this model "
           "(MHATokenToKVPool with SWATokenToKVPoolAllocator", allocator="SWATokenToKVPoolAllocator"),
     Built("layers-outside-modules", "loaded.attention-layers", _UNSUPPORTED + "a model whose attention layers RaaS "
