@@ -1,0 +1,115 @@
+"""MLA (DeepSeek V2/V3/R1, Kimi K2) under RaaS, end to end through the real launcher on tiny random-weight DeepSeek
+models (`raas_sglang.dev.family_models`): SGLang's triton backend under the Triton interpreter, page 16, radix
+on, SGLang's strict KV checks.
+
+An MLA layer keeps one latent row per token (c_KV then the roped k_pe, `MLATokenToKVPool`); decode attends to it
+with the absorbed query, so a page of latent rows is what RaaS evicts, scores (Quest bounds in latent space) and
+cuts out of the tree, exactly as a page of per-head K/V. What is shown here, with SGLang's instruments:
+- budget >= output => token-identical to a dense request;
+- with evictions, SGLang's allocator low-water mark is exactly pinned prompt pages + budget, and the log-probs
+  equal the Hugging Face model (non-absorbed attention) masked to what the server kept, for every budgeted policy
+  triton serves (raas, h2o, streaming);
+- a later turn hits the radix cache (`cached_tokens`) and extends over it through SGLang's absorbed-MLA extend;
+- the pool is leak-free afterwards.
+
+DeepSeek-V2 (dense MLP) runs in `make test` (~2.5 min); DeepSeek-V3 (MoE, noaux_tc routing) is `slow`.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+from conftest import STRICT_ENV, serve
+from raas_helpers import bound, flush, gen, masked_reference_error
+from raas_sglang.dev import family_models
+
+PROMPT = [1] + list(range(30, 70))  # 41 tokens: pinned pages 0..2
+BUDGET = 32
+PS = 16
+
+
+@pytest.fixture(scope="module", params=["deepseek-v2", pytest.param("deepseek-v3", marks=pytest.mark.slow)])
+def mla(request, tmp_path_factory):
+    """(name, server, HF model): a `--kv-policy raas` server on triton for the family's tiny model."""
+    from transformers import AutoModelForCausalLM
+
+    path = family_models.build(request.param)
+    srv = serve(path, "--kv-policy", "raas", "--raas-budget", "256", "--attention-backend", "triton",
+                "--chunked-prefill-size", "128", tmp=tmp_path_factory.mktemp(f"mla_{request.param}"),
+                env={**STRICT_ENV, "TRITON_INTERPRET": "1"})
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    yield request.param, srv, hf
+    srv.stop()
+
+
+def _info(srv) -> dict:
+    return srv.get("/get_server_info")["internal_states"][0]["raas"]
+
+
+def test_mla_exact_without_eviction(mla):
+    """budget >= output: token-identical to a dense request on the same server, nothing evicted."""
+    name, srv, _ = mla
+    raas = gen(srv, PROMPT, 40, raas_budget=256)
+    dense = gen(srv, PROMPT, 40, kv_policy="dense")
+    assert raas["meta_info"]["raas"]["evicted_pages"] == 0
+    assert raas["output_ids"] == dense["output_ids"], name
+
+
+def test_mla_bounded_and_masked_exact(mla):
+    """With evictions: the allocator's low-water mark is exactly the bound, and the log-probs equal the HF model
+    masked to what the server kept (and differ from the unmasked one: eviction changed what it saw)."""
+    name, srv, hf = mla
+    flush(srv)
+    pool = _info(srv)
+    out = gen(srv, PROMPT, 100, raas_budget=BUDGET, raas_trace=True)
+    assert out["meta_info"]["raas"]["evicted_pages"] >= 4, name
+    assert pool["free_tokens"] - _info(srv)["kv_free_low_water_tokens"] == bound(len(PROMPT), BUDGET), name
+    assert masked_reference_error(hf, PROMPT, out) < 1e-3, name
+    assert masked_reference_error(hf, PROMPT, out, dense=True) > 1e-3, name
+
+
+def test_mla_baseline_policies_in_one_batch(mla):
+    """h2o and streaming decode side by side in one batch, each within its bound and equal to the reference masked
+    to what it kept (streaming also drops the prompt outside its sink page and recent window)."""
+    name, srv, hf = mla
+    policies = ("h2o", "streaming")
+    with ThreadPoolExecutor(len(policies)) as pool:
+        outs = list(pool.map(lambda p: gen(srv, PROMPT, 90, kv_policy=p, raas_budget=BUDGET, raas_trace=True),
+                             policies))
+    prompt_end = -(-len(PROMPT) // PS) * PS
+    for policy, out in zip(policies, outs):
+        raas = out["meta_info"]["raas"]
+        assert raas["policy"] == policy and raas["evicted_pages"] >= 3, (name, policy)
+        assert raas["peak_kv_tokens"] <= bound(len(PROMPT), BUDGET)
+        window = (prompt_end, PS, BUDGET) if policy == "streaming" else None
+        assert masked_reference_error(hf, PROMPT, out, window=window) < 1e-3, (name, policy)
+
+
+def test_mla_second_turn_hits_the_radix_cache(mla):
+    """A second turn (the first turn's prompt and answer, then more) reuses the first turn's full pages from the
+    tree (`cached_tokens`) and decodes over them through the absorbed-MLA extend, exactly as the HF model."""
+    name, srv, hf = mla
+    flush(srv)
+    first = gen(srv, PROMPT, 24, raas_budget=256)
+    history = PROMPT + first["output_ids"]  # 65 tokens: 4 full pages the tree can hold
+    second = gen(srv, history + [5, 6, 7], 8, raas_budget=256)
+    assert second["meta_info"]["cached_tokens"] == (len(history) // PS) * PS, name
+    assert masked_reference_error(hf, history + [5, 6, 7], second, dense=True) < 1e-3, name
+
+
+def test_mla_leak_free(mla):
+    """Every slot is free or in the tree once idle; a flush frees everything."""
+    name, srv, _ = mla
+    deadline = time.monotonic() + 60
+    while (info := _info(srv))["running_raas_requests"] or info["protected_tokens"]:
+        assert time.monotonic() < deadline, info
+        time.sleep(0.5)
+    assert info["evicted_pages_total"] > 0
+    assert info["free_tokens"] + info["evictable_tokens"] == info["pool_tokens"], info
+    flush(srv)
+    flushed = _info(srv)
+    assert flushed["free_tokens"] == flushed["pool_tokens"] and flushed["evictable_tokens"] == 0, name
