@@ -93,16 +93,19 @@ def compile_for_sm90(fn, args: list, constexprs: dict, num_warps: int = 4, num_s
     return Usage(int(m[1]), int(m[2]), int(m[3]) + int(getattr(kernel.metadata, "shared", 0)), ops)
 
 
-def _sparse_plan(dtype, bs, q_heads, kv_heads, d, ps, L, splits, heads_reduce="mean"):
+def _sparse_plan(dtype, bs, q_heads, kv_heads, d, ps, L, splits, heads_reduce="mean", dv=None):
+    """`dv` < d: the MLA shape (V the first dv values of each latent row)."""
     from raas_sglang.kernels import sparse_decode as sd
 
+    dv = dv or d
     q = torch.empty(bs, q_heads, d, dtype=dtype)
     k = torch.empty(64 * ps, kv_heads, d, dtype=dtype)
     r2t = torch.empty(bs + 2, 4096, dtype=torch.int32)
     rows = torch.empty(bs, dtype=torch.int64)
     pin, pages = torch.empty(bs + 2, dtype=torch.int64), torch.empty(bs + 2, L, dtype=torch.int64)
-    ws = sd.Workspace.make(bs, q_heads, d, L, splits, "cpu")
-    return sd.plan(q, k, k, r2t, rows, rows, pin, pages, d**-0.5, ps, torch.empty_like(q), torch.empty(bs, L), ws,
+    ws = sd.Workspace.make(bs, q_heads, dv, L, splits, "cpu")
+    out = torch.empty(bs, q_heads, dv, dtype=dtype)
+    return sd.plan(q, k, k[..., :dv], r2t, rows, rows, pin, pages, d**-0.5, ps, out, torch.empty(bs, L), ws,
                    accumulate=True, heads_reduce=heads_reduce, splits=splits, block_n=64, num_warps=4, num_stages=2)
 
 
@@ -114,6 +117,9 @@ def checks() -> dict[str, dict]:
         "sparse_decode.fp32-hq2-hkv2-d64-ps1-L6-max": _sparse_plan(torch.float32, 3, 2, 2, 64, 1, 6, 4, "max"),
         "sparse_decode.fp32-hq16-hkv2-d128-ps16-L6": _sparse_plan(torch.float32, 3, 16, 2, 128, 16, 6, 4),
         "sparse_decode.bf16-hq8-hkv2-d64-ps64-L6-max": _sparse_plan(torch.bfloat16, 3, 8, 2, 64, 64, 6, 4, "max"),
+        # MLA as DeepSeek V3/R1 and Kimi K2 run it at tp 8: 16 query heads, one latent head of 512 + 64 rope
+        "sparse_decode.bf16-mla-hq16-dk576-dv512-ps16-L128": _sparse_plan(torch.bfloat16, 8, 16, 1, 576, 16, 128,
+                                                                         8, dv=512),
     }
     result = {}
     for name, (split, finish) in plans.items():

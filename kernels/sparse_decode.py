@@ -10,8 +10,11 @@ with n_pin = min(ceil(pin_len[row] / ps), ceil(seq_len / ps)); token t of logica
 head counts and L, so a step can be captured in a CUDA graph with buffers sized by the server's budget.
 
 Inputs (SGLang's and RaasState's tensors, as they are):
-  q            [bs, q_heads, head_dim]            this step's queries (RoPE applied)
-  k_buf, v_buf [num_slots, kv_heads, head_dim]    one layer's KV pool
+  q            [bs, q_heads, dk]                  this step's queries (RoPE applied)
+  k_buf        [num_slots, kv_heads, dk]          one layer's keys
+  v_buf        [num_slots, kv_heads, dv]          one layer's values: dv = dk (MHA), or for MLA dv = kv_lora_rank
+                                                  < dk = kv_lora_rank + rope, a view of the first dv values of
+                                                  the same latent rows (one KV head, all query heads one group)
   req_to_token [num_rows, max_ctx] int32/int64    ReqToTokenPool.req_to_token
   rows         [bs] int64                         request-pool rows of the batch
   seq_lens     [bs] int64                         tokens per row, the one written this step included
@@ -19,14 +22,16 @@ Inputs (SGLang's and RaasState's tensors, as they are):
   pages        [num_rows, L] int64                RaasState.pages (logical decode pages, EMPTY = -1)
   window       optional (lo [bs], hi [bs]) int64  pinned positions in [lo, hi) are skipped (streaming)
 Outputs:
-  out          [bs, q_heads, head_dim]            softmax(q K^T * sm_scale) V over the resident tokens
+  out          [bs, q_heads, dv]                  softmax(q K^T * sm_scale) V over the resident tokens
   mass         [bs, L] float32                    per decode slot j: the probability mass of page pages[row, j],
                                                   reduced over query heads (mean or max); 0 for EMPTY slots.
                                                   `accumulate=True` adds to `mass` (the fold over layers).
 
-Kernel A (grid bs x kv_heads x splits) runs flash-decoding over a split of the virtual list for the whole GQA
-group at once (one K/V read per KV head, tensor-core dots), and saves per split (max, sum, acc) and, per decode
-page, its probability sum relative to the running max at that page. Kernel B (grid bs x (q_heads + page
+Kernel A (grid bs x (kv_heads x head blocks) x splits) runs flash-decoding over a split of the virtual list for a
+block of the GQA group at once (one K/V read per KV head and head block, tensor-core dots; an MLA group of 16-128
+heads is cut into blocks of 16), and saves per split (max, sum, acc) and, per decode page, its probability sum
+relative to the running max at that page. For MLA the logit is the latent part's dot plus the rope part's
+(`DR` = dk - dv columns after the first dv; both widths powers of two). Kernel B (grid bs x (q_heads + page
 blocks)) merges the splits into `out` and turns the page sums into `mass`.
 NOTE: page size must be a power of two; a tile (BLOCK_N tokens) holds whole pages (BLOCK_N >= page size), so
 split and tile boundaries are page boundaries.
@@ -69,12 +74,12 @@ def resident_positions(seq_len: int, pin_len: int, pages_row: torch.Tensor, page
 
 def sparse_decode_ref(q, k_buf, v_buf, req_to_token, rows, seq_lens, pin_len, pages, sm_scale: float,
                       page_size: int, heads_reduce: str = "mean", window=None):
-    """(out [bs, q_heads, d] float32, mass [bs, L] float32), computed row by row in float32. `window`: None or
+    """(out [bs, q_heads, dv] float32, mass [bs, L] float32), computed row by row in float32. `window`: None or
     (lo [bs], hi [bs]) as in `sparse_decode`."""
-    bs, q_heads, d = q.shape
+    bs, q_heads = q.shape[:2]
     g = q_heads // k_buf.shape[1]
     L = pages.shape[1]
-    out = torch.zeros((bs, q_heads, d), dtype=torch.float32, device=q.device)
+    out = torch.zeros((bs, q_heads, v_buf.shape[2]), dtype=torch.float32, device=q.device)
     mass = torch.zeros((bs, L), dtype=torch.float32, device=q.device)
     for b in range(bs):
         row = int(rows[b])
@@ -96,13 +101,15 @@ def _split_kernel(
     q_ptr, k_ptr, v_ptr, r2t_ptr, rows_ptr, seq_ptr, pin_ptr, pages_ptr, lo_ptr, hi_ptr,
     acc_ptr, m_ptr, l_ptr, psum_ptr, pref_ptr,
     sm_scale, stride_r2t, stride_qb, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
-    Q_HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr, L: tl.constexpr, PS: tl.constexpr,
-    SPLITS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PREC: tl.constexpr,
+    Q_HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr, DR: tl.constexpr, L: tl.constexpr,
+    PS: tl.constexpr, SPLITS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
     b = tl.program_id(0)
-    h = tl.program_id(1)
-    s = tl.program_id(2)
     G: tl.constexpr = Q_HEADS // KV_HEADS
+    HB: tl.constexpr = (G + BLOCK_H - 1) // BLOCK_H  # head blocks per KV head
+    h = tl.program_id(1) // HB
+    hb = tl.program_id(1) % HB
+    s = tl.program_id(2)
     NPT: tl.constexpr = BLOCK_N // PS  # pages per tile
     row = tl.load(rows_ptr + b).to(tl.int64)
     seq = tl.load(seq_ptr + b).to(tl.int64)
@@ -115,11 +122,15 @@ def _split_kernel(
     lo = s * chunk
     hi = tl.minimum(lo + chunk, total)
 
-    offs_h = tl.arange(0, BLOCK_H)
+    offs_h = hb * BLOCK_H + tl.arange(0, BLOCK_H)
     offs_d = tl.arange(0, D)
     hmask = offs_h < G
-    heads = h * G + offs_h  # [BLOCK_H] query heads of this KV head
+    heads = h * G + offs_h  # [BLOCK_H] query heads of this KV head (this block of them)
     q = tl.load(q_ptr + b * stride_qb + heads[:, None] * stride_qh + offs_d[None, :], mask=hmask[:, None], other=0.0)
+    if DR > 0:  # MLA: the rope columns after the latent ones
+        offs_r = D + tl.arange(0, DR)
+        q_r = tl.load(q_ptr + b * stride_qb + heads[:, None] * stride_qh + offs_r[None, :], mask=hmask[:, None],
+                      other=0.0)
     m = tl.full([BLOCK_H], float("-inf"), tl.float32)
     l = tl.zeros([BLOCK_H], tl.float32)
     acc = tl.zeros([BLOCK_H, D], tl.float32)
@@ -139,7 +150,11 @@ def _split_kernel(
         valid = (lp >= 0) & (pos < seq) & (is_dec | (pos < win_lo) | (pos >= win_hi))
         slot = tl.load(r2t_ptr + row * stride_r2t + tl.where(valid, pos, 0)).to(tl.int64)
         k = tl.load(k_ptr + slot[:, None] * stride_kt + h * stride_kh + offs_d[None, :])  # invalid: slot 0, masked below
-        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * sm_scale  # [BLOCK_H, BLOCK_N]
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)  # [BLOCK_H, BLOCK_N]
+        if DR > 0:
+            k_r = tl.load(k_ptr + slot[:, None] * stride_kt + h * stride_kh + offs_r[None, :])
+            qk += tl.dot(q_r, tl.trans(k_r), input_precision=DOT_PREC)
+        qk = qk * sm_scale
         qk = tl.where(valid[None, :], qk, float("-inf"))
         m_new = tl.maximum(m, tl.max(qk, axis=1))
         m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # all masked so far: any finite reference
@@ -268,17 +283,21 @@ def plan(q, k_buf, v_buf, req_to_token, rows, seq_lens, pin_len, pages, sm_scale
          num_warps: int, num_stages: int, window=None) -> list[Launch]:
     """The two launches of one `sparse_decode` call (also what `sm90_check` compiles ahead of time)."""
     lo, hi = (seq_lens, seq_lens) if window is None else window  # lo = seq_len: every pinned position < lo
-    bs, q_heads, d = q.shape
+    bs, q_heads, dk = q.shape
+    d = v_buf.shape[2]  # dv; dk - dv rope columns for MLA
     kv_heads = k_buf.shape[1]
     L = pages.shape[1]
+    block_h = min(max(16, triton.next_power_of_2(q_heads // kv_heads)), 16 if dk > d else 64)
     # small K tiles keep the registers under the spill line: 16 KB for 16-bit types; float32 dots run on FMAs, 8 KB
-    block_n = max(min(block_n, (16384 if q.element_size() < 4 else 8192) // (d * q.element_size())), page_size)
-    split = Launch(_split_kernel, (bs, kv_heads, splits), [
+    fit = (16384 if q.element_size() < 4 else 8192) // (dk * q.element_size())
+    block_n = max(min(block_n, 1 << (fit.bit_length() - 1) if fit else 1), page_size)  # a power of two (MLA's dk is not)
+    head_blocks = triton.cdiv(q_heads // kv_heads, block_h)
+    split = Launch(_split_kernel, (bs, kv_heads * head_blocks, splits), [
         q, k_buf, v_buf, req_to_token, rows, seq_lens, pin_len, pages, lo, hi, ws.acc, ws.m, ws.l, ws.psum, ws.pref,
         sm_scale, req_to_token.stride(0), q.stride(0), q.stride(1), k_buf.stride(0), k_buf.stride(1),
         v_buf.stride(0), v_buf.stride(1),
-    ], dict(Q_HEADS=q_heads, KV_HEADS=kv_heads, D=d, L=L, PS=page_size, SPLITS=splits,
-            BLOCK_H=max(16, triton.next_power_of_2(q_heads // kv_heads)), BLOCK_N=block_n,
+    ], dict(Q_HEADS=q_heads, KV_HEADS=kv_heads, D=d, DR=dk - d, L=L, PS=page_size, SPLITS=splits,
+            BLOCK_H=block_h, BLOCK_N=block_n,
             DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32"),
         dict(num_warps=num_warps, num_stages=num_stages))
     block_l = min(64, triton.next_power_of_2(L))
@@ -293,14 +312,16 @@ def sparse_decode(q, k_buf, v_buf, req_to_token, rows, seq_lens, pin_len, pages,
                   *, out=None, mass=None, accumulate: bool = False, heads_reduce: str = "mean",
                   workspace: Workspace | None = None, splits: int | None = None, block_n: int = 64,
                   num_warps: int = 4, num_stages: int = 2, window=None):
-    """Triton version of `sparse_decode_ref`: returns (out [bs, hq, d] in `out`'s dtype (default q's), mass
+    """Triton version of `sparse_decode_ref`: returns (out [bs, hq, dv] in `out`'s dtype (default q's), mass
     [bs, L] float32). Pass `out`, `mass` and `workspace` to reuse buffers (no allocation: CUDA-graph safe).
     `window` (lo [bs], hi [bs]) int64: pinned positions in [lo, hi) are not attended (streaming's prompt window;
     `RaasState.prompt_window` gives a = lo, b = hi); None attends every pinned position."""
-    bs, q_heads, d = q.shape
+    bs, q_heads, dk = q.shape
+    d, rope = v_buf.shape[2], dk - v_buf.shape[2]
     L = pages.shape[1]
-    if page_size & (page_size - 1) or d & (d - 1):
-        raise ValueError(f"sparse_decode needs power-of-two page size and head dim, got {page_size} and {d}")
+    if page_size & (page_size - 1) or d & (d - 1) or rope & (rope - 1) or rope < 0:
+        raise ValueError(f"sparse_decode needs a power-of-two page size, value width and rope width (MLA), got "
+                         f"{page_size}, {d} and {rope}")
     splits = splits or default_splits(bs, k_buf.shape[1], q.device)
     out = torch.empty((bs, q_heads, d), dtype=q.dtype, device=q.device) if out is None else out
     mass = torch.zeros((bs, L), dtype=torch.float32, device=q.device) if mass is None else mass

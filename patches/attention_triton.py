@@ -59,11 +59,12 @@ def decode_attention_fwd(orig, backend, q, k_buffer, v_buffer, o, kv_indptr, kv_
 def kernel_decode(rt: runtime.Runtime, fwd: DecodeStep, q: torch.Tensor, k_buf: torch.Tensor, v_buf: torch.Tensor,
                   o: torch.Tensor, sm_scale: float, req_to_token: torch.Tensor) -> None:
     """One layer's decode attention over the resident pages, read straight from the state (no index list), into
-    `o` [bs, q_heads, d]; the layer's exact page mass is folded into the forward's scores when it scores.
-    q [bs, q_heads, d]; k_buf, v_buf [num_slots, kv_heads, d] (the layer's pool)."""
+    `o` [bs, q_heads, dv]; the layer's exact page mass is folded into the forward's scores when it scores.
+    q [bs, q_heads, dk]; k_buf [num_slots, kv_heads, dk], v_buf [num_slots, kv_heads, dv] (the layer's pool; for
+    MLA one latent head, dk = kv_lora_rank + rope, v_buf the view of its first dv = kv_lora_rank values)."""
     from raas_sglang.kernels.sparse_decode import Workspace, default_splits, sparse_decode
 
-    state, (bs, heads, d) = rt.state, q.shape
+    state, (bs, heads), d = rt.state, q.shape[:2], o.shape[2]
     rt.totals.kernel_layer_calls += 1
     splits = default_splits(bs, k_buf.shape[1], q.device)
     if rt.kernel_ws is None or not rt.kernel_ws.fits(bs, heads, d, state.L, splits):

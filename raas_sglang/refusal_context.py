@@ -122,15 +122,14 @@ class Startup(Fields):
 
     @property
     def mla_blocker(self) -> str:
-        """Why this MLA model cannot be served under RaaS, in words ('' when it can: triton, Quest scores)."""
+        """Why this MLA model cannot be served under RaaS, in words ('' when it can: on triton, with Quest scores
+        or the plugin's exact kernel)."""
         if getattr(self.model.hf_text_config, "index_topk", None) is not None:
             return "DSA attention (DeepSeek V3.2's indexer selects the KV itself, in its own pool)"
         others = sorted(self.backends - {"triton"})
         if others:
             return (f"MLA attention on the {', '.join(others)} backend (RaaS reads the latent cache on triton only; "
                     "SGLang's torch_native cannot prefill MLA)")
-        if self.config.score == "exact":
-            return "MLA attention with --raas-score exact (the plugin's exact kernel has no MLA shape yet)"
         return ""
 
     @property

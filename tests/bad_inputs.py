@@ -227,9 +227,6 @@ CASES = (
     ModelLaunch("deepseek-v2-torch-native", "startup.mla-model", "deepseek-v2", [*_RAAS, *_POOL],
                 _UNSUPPORTED + "MLA attention on the torch_native backend (RaaS reads the latent cache on triton "
                 "only"),
-    ModelLaunch("deepseek-v2-exact", "startup.mla-model", "deepseek-v2",
-                [*_RAAS, "--attention-backend", "triton", "--raas-score", "exact", *_POOL],
-                _UNSUPPORTED + "MLA attention with --raas-score exact (the plugin's exact kernel has no MLA shape"),
     # (SGLang's CPU engine needs its Mamba cache without snapshots for this family: no_buffer, page 1)
     ModelLaunch("qwen3-next", "startup.linear-attention-model", "qwen3-next",
                 [*_RAAS, "--page-size", "1", "--mamba-radix-cache-strategy", "no_buffer", *_POOL],

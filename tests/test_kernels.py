@@ -140,3 +140,29 @@ def test_sparse_decode_replays_in_a_cuda_graph():
         assert torch.allclose(out.float(), ref_out, atol=3e-2, rtol=3e-2)
         assert torch.allclose(mass, ref_mass, atol=2e-3)
     assert seq_lens.data_ptr() == case[5].data_ptr()
+
+
+def mla_case(bs, ps, q_heads, lora, rope, seed, dtype=torch.float32):
+    """The MLA shape of a decode batch: one latent KV head (c_KV then k_pe, `MLATokenToKVPool`'s row), V the view
+    of its first `lora` values, every query head in one group (the absorbed query, latent then rope)."""
+    q, k, _, *rest = resident_case(bs, ps, 1, lora + rope, seed, dtype)
+    g = torch.Generator().manual_seed(seed + 1)
+    latent = torch.randn(k.shape[0], 1, lora + rope, generator=g).to(DEV, dtype)
+    q = torch.randn(bs, q_heads, lora + rope, generator=g).to(DEV, dtype)
+    return (q, latent, latent[..., :lora], *rest)
+
+
+@pytest.mark.parametrize("bs, ps, q_heads, lora, rope", [(3, 16, 4, 256, 32), (2, 1, 16, 64, 16),
+                                                         (4, 16, 40, 128, 64)])
+def test_sparse_decode_mla_shape(bs, ps, q_heads, lora, rope):
+    """MLA: K = [c_KV ; k_pe] (dk = lora + rope), V = c_KV (a strided view of the same rows), one KV head and all
+    query heads in one group (more than one head block when above 16); out [bs, heads, lora]."""
+    case = mla_case(bs, ps, q_heads, lora, rope, seed=bs + ps + q_heads)
+    scale = (lora + rope) ** -0.5
+    out, mass = sparse_decode(*case, scale, ps, splits=2)
+    ref_out, ref_mass = sparse_decode_ref(*case, scale, ps)
+    assert out.shape == (bs, q_heads, lora)
+    assert torch.allclose(out, ref_out, atol=1e-4, rtol=1e-4)
+    assert torch.allclose(mass, ref_mass, atol=1e-5)
+    no_rope = sparse_decode_ref(case[0][..., :lora].contiguous(), case[1][..., :lora], *case[2:], scale, ps)[0]
+    assert not torch.allclose(ref_out, no_rope, atol=1e-4)  # the rope columns count in the logits
