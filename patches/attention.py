@@ -11,11 +11,13 @@ Upstream symbols hooked (sglang 0.5.23, `sglang/srt/layers/attention/torch_nativ
 - `init_forward_metadata(self, forward_batch)`, AFTER: once per forward. For a decode batch with resident decode
   pages or evictions, build the `DecodeStep`: each row's resident KV slots (attended pinned prompt + resident
   decode pages, ascending logical order), one batched gather plan for all layers, the page score accumulator.
-- `_run_sdpa_forward_decode(self, q, o, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, ...)`,
-  AROUND: with a table, replace upstream's per-request loop (gather + SDPA per request) by one batched pass over
-  the resident slots (`raas_sglang.resident_attention.ResidentDecode`) that also returns the softmax mass of
-  each slot, folded into the page scores (the layer is known from `k_cache`). Decode attention has no mask, so
-  this is exact; positions stay logical (RoPE was applied before the KV write).
+- `_run_sdpa_forward_decode(self, q, o, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens, ...,
+  sliding_window_size=)`, AROUND: with a table, replace upstream's per-request loop (gather + SDPA per request) by
+  one batched pass over the resident slots (`raas_sglang.resident_attention.ResidentDecode`) that also returns
+  the softmax mass of each slot, folded into the page scores (the layer is known from `k_cache`). Decode
+  attention has no mask but a layer's sliding window, applied to the resident slots by their logical positions as
+  upstream applies it (the query at p attends [p - window, p]), so this is exact; positions stay logical (RoPE was
+  applied before the KV write).
 - `forward_decode` / `forward_extend`, AROUND (`layer_hooks`): fold new keys into the Quest page bounds when they
   are kept; Quest page scores with `--raas-score quest`.
 """
@@ -156,6 +158,10 @@ def run_sdpa_forward_decode(orig, self, query, output, k_cache, v_cache, req_to_
     keep = None
     if table.cand_end is not None:
         keep = quest_keep(table, rt.bounds, layer, query, scaling, rt.state.limit[table.rows])
+    window = kw.get("sliding_window_size")
+    if window is not None and window > -1:  # as upstream: the query at p attends positions [p - window, p]
+        inside = table.pos >= (fwd.seq_lens - 1 - window)[:, None]  # [bs, n_max] bool
+        keep = inside if keep is None else keep & inside
     out, probs = rt.decode(query, k_cache, v_cache, scaling, keep)
     output.copy_(out)
     if fwd.scores is not None and fwd.scores.phys is None:  # exact scores: this layer's attention mass

@@ -73,8 +73,11 @@ def loaded_view(scheduler) -> Loaded:
     runner = scheduler.tp_worker.model_runner
     pool, allocator = runner.token_to_kv_pool, runner.token_to_kv_pool_allocator
     pool_layers = tuple(range(int(pool.start_layer), int(pool.start_layer) + int(pool.layer_num)))  # end: exclusive
-    return Loaded(config_of(scheduler.server_args), type(pool).__name__, type(allocator).__name__,
-                  int(allocator.page_size), pool_layers, attention_layers(runner.model))
+    args = scheduler.server_args
+    backends = {getattr(args, n, None) for n in ("attention_backend", "decode_attention_backend",
+                                                 "prefill_attention_backend")} - {None}
+    return Loaded(config_of(args), type(pool).__name__, type(allocator).__name__, int(allocator.page_size),
+                  pool_layers, attention_layers(runner.model), frozenset(backends))
 
 
 def scheduler_init(result, self, *args, **kwargs):

@@ -3,7 +3,8 @@ token attends to its row without the hole entries, so causal attention = causal 
 
 Upstream symbols hooked (sglang 0.5.23):
 - `sglang.srt.layers.attention.torch_native_backend.TorchNativeAttnBackend._run_sdpa_forward_extend`, AROUND:
-  rows with holes attend to their row without the hole entries (compacted; queries stay at the tail).
+  rows with holes attend to their row without the hole entries (compacted; queries stay at the tail); a layer
+  with `sliding_window_size` masks its window by logical positions instead (`windowed_extend`).
 - `sglang.srt.layers.attention.triton_backend.TritonAttnBackend.init_forward_metadata`, AFTER (extend only): the
   same, by dropping hole entries from the prefix `kv_indices` (registered with the triton seam's hooks on that
   target, in one call: `patches/__init__.py`).
@@ -56,6 +57,11 @@ def run_sdpa_forward_extend(orig, self, query, output, k_cache, v_cache, req_to_
     if not _holey_rows(rt, req_pool_indices):
         return orig(self, query, output, k_cache, v_cache, req_to_token, req_pool_indices, seq_lens,
                     extend_prefix_lens, extend_seq_lens, *a, **kw)
+    window = kw.get("sliding_window_size")
+    if window is not None and window > -1:
+        return windowed_extend(query, output, k_cache, v_cache, req_to_token, req_pool_indices.tolist(),
+                               seq_lens.tolist(), extend_seq_lens.tolist(), set(rt.reprefilling), rt.config.page_size,
+                               window, kw.get("scaling"), bool(kw.get("enable_gqa")))
     table, lens = compact_rows(req_to_token, req_pool_indices.tolist(), seq_lens.tolist(), set(rt.reprefilling),
                                rt.config.page_size)
     lens = torch.tensor(lens, dtype=seq_lens.dtype, device=seq_lens.device)  # [bs]
@@ -63,6 +69,31 @@ def run_sdpa_forward_extend(orig, self, query, output, k_cache, v_cache, req_to_
     # NOTE: the new tokens stay at the tail of each compacted row, so causal attention = causal minus holes
     return orig(self, query, output, k_cache, v_cache, table, rows, lens, lens - extend_seq_lens, extend_seq_lens,
                 *a, **kw)
+
+
+def windowed_extend(query, output, k_cache, v_cache, req_to_token, rows: list[int], seq_lens: list[int],
+                    extend_lens: list[int], holey: set[int], ps: int, window: int, scaling, enable_gqa: bool):
+    """A sliding-window layer's extend over rows with holes: compacting the rows (above) would bring keys before a
+    hole closer than they are, so each row attends its non-hole slots under a mask of their logical positions, as
+    upstream masks a window (the query at p attends [p - window, p]). query/output [tokens, heads, d]; k_cache,
+    v_cache [slots, kv_heads, d]."""
+    from torch.nn.functional import scaled_dot_product_attention
+
+    start = 0
+    for row, n, ext in zip(rows, seq_lens, extend_lens):
+        toks = req_to_token[row, :n].to(torch.int64)  # [n] slots
+        pos = torch.arange(n, device=toks.device)  # [n] logical positions
+        keep = toks >= ps if row in holey else torch.ones_like(toks, dtype=torch.bool)  # NOTE: holes -> page 0
+        kpos, kslots = pos[keep], toks[keep]  # [m]
+        qpos = pos[n - ext:]  # [ext]: the new tokens, never holes
+        mask = (kpos[None, :] <= qpos[:, None]) & (kpos[None, :] >= qpos[:, None] - window)  # [ext, m]
+        q = query[start:start + ext].movedim(0, 1)  # [heads, ext, d]
+        k, v = (c[kslots].movedim(0, 1).to(q.dtype) for c in (k_cache, v_cache))  # [kv_heads, m, d]
+        out = scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=mask, scale=scaling,
+                                           enable_gqa=enable_gqa)[0]  # [heads, ext, dv]
+        output[start:start + ext] = out.movedim(1, 0)
+        start += ext
+    return output
 
 
 def triton_init_forward_metadata(result, self, forward_batch):

@@ -159,9 +159,22 @@ class Loaded(Fields):
     KV for, and each attention layer found in the model's module tree (`AttnLayer`)."""
 
     def __init__(self, config: RaasConfig, pool: str, allocator: str, allocator_page_size: int,
-                 pool_layers: tuple[int, ...], layers: tuple[AttnLayer, ...]):
+                 pool_layers: tuple[int, ...], layers: tuple[AttnLayer, ...], backends: frozenset = frozenset()):
         self.config, self.pool, self.allocator = config, pool, allocator
         self.allocator_page_size, self.pool_layers, self.layers = allocator_page_size, pool_layers, layers
+        self.backends = frozenset(backends)  # the resolved attention backends (decode and prefill); empty: unknown
+
+    @property
+    def window_backends(self) -> str:
+        """The backends that would run a windowed layer without RaaS applying its window, in words."""
+        return ", ".join(sorted(self.backends - {"torch_native"})) or "an unknown"
+
+    @property
+    def capped(self) -> str:
+        """The layers with logit soft-capping, in words (`2 of 2 layers, cap 50`)."""
+        hit = [layer for layer in self.layers if layer.logit_cap > 0]
+        caps = ", ".join(f"{c:g}" for c in sorted({layer.logit_cap for layer in hit}))
+        return f"{len(hit)} of {len(self.layers)} layers, cap {caps}" if hit else ""
 
     @property
     def unread_layers(self) -> str:

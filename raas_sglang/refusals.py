@@ -203,10 +203,17 @@ LOADED = (
             "a page size of {allocator_page_size} tokens in SGLang's allocator (RaaS fixed {page_size}: evicting "
             "RaaS pages would free other tokens); use --kv-policy dense with these options",
             lambda x: x.allocator_page_size != x.page_size),
-    Refusal("loaded.sliding-window", "an attention layer of the loaded model has a sliding window (Gemma 2/3, "
-            "OLMo 3, EXAONE 4, gpt-oss with `--disable-hybrid-swa-memory`, ...)",
-            "sliding-window attention ({windowed}: a windowed layer would attend evicted pages, and RaaS's decode "
-            "does not apply the window); use --kv-policy dense for this model", lambda x: bool(x.windowed)),
+    Refusal("loaded.sliding-window", "an attention layer of the loaded model has a sliding window (Gemma 3, "
+            "OLMo 3, EXAONE 4, gpt-oss with `--disable-hybrid-swa-memory`, ...) and a backend other than "
+            "torch_native would run it",
+            "sliding-window attention ({windowed}) on {window_backends} backend (RaaS applies a layer's window to "
+            "the resident tokens on torch_native only); use --attention-backend torch_native, or --kv-policy dense "
+            "for this model", lambda x: bool(x.windowed) and x.backends != {"torch_native"}),
+    Refusal("loaded.logit-cap-torch-native", "an attention layer of the loaded model soft-caps its logits (Gemma 2, "
+            "Grok) and torch_native would run it",
+            "logit soft-capping ({capped}) on torch_native (SGLang's torch_native attention does not apply the cap, "
+            "so no budget could be exact to the model); use --kv-policy dense for this model",
+            lambda x: bool(x.capped) and "torch_native" in x.backends),
     Refusal("loaded.exact-kernel-features", "`--raas-score exact` on triton for a model with logit capping, "
             "attention sinks, scaled KV or xai temperature",
             "--raas-score exact on triton for a model with {kernel_features} (the plugin's decode kernel does not "

@@ -99,7 +99,7 @@ BASE_VIEW = {
 # the RadixAttention of a Built case's layer: 4 query heads, 2 KV heads, head dim 16 (the family models' shape)
 BASE_LAYER = {"num_heads": 4, "head_dim": 16, "scaling": 0.25, "num_kv_heads": 2, "layer_id": 0}
 BASE_MODEL = {"context_len": 32768, "attention_arch": "MHA", "is_hybrid_swa": False, "is_encoder_decoder": False,
-              "attention_chunk_size": None}
+              "attention_chunk_size": None, "hf_text_config.model_type": "llama"}
 
 _RAAS = ["--kv-policy", "raas"]
 _POOL = ["--max-total-tokens", "4096"]
@@ -195,6 +195,9 @@ CASES = (
     Resolved("raas+quest-tp-4", "startup.selection-tp", {"tp_size": 4},
              "--kv-policy raas+quest does not support Quest page selection under tensor parallel",
              flags={"kv_policy": "raas+quest"}),
+    Resolved("dsa-model", "startup.mla-model", {"attention_backend": "triton"},
+             _UNSUPPORTED + "DSA attention (DeepSeek V3.2's indexer selects the KV itself",
+             model={"attention_arch": "MLA", "hf_text_config.index_topk": 2048}),
     Resolved("pp-2", "startup.pp-size", {"pp_size": 2}, _UNSUPPORTED + "pipeline parallel (each stage holds only"),
     Resolved("attn-cp-2", "startup.attn-cp-size", {"tp_size": 2, "attn_cp_size": 2},
              _UNSUPPORTED + "attention context parallel"),
@@ -239,11 +242,11 @@ CASES = (
                 _UNSUPPORTED + "sliding-window attention (1 of 2 layers, window 31"),
     ModelLaunch("llama4", "startup.sliding-window-model", "llama4", [*_RAAS, *_POOL],
                 _UNSUPPORTED + "sliding-window or chunked-attention models"),
-    ModelLaunch("gemma3", "loaded.sliding-window", "gemma3", [*_RAAS, *_POOL],
-                _UNSUPPORTED + "sliding-window attention (5 of 6 layers, window 31: a windowed layer would attend "
-                "evicted pages"),
-    ModelLaunch("gemma2", "loaded.sliding-window", "gemma2", [*_RAAS, *_POOL],
-                _UNSUPPORTED + "sliding-window attention (1 of 2 layers, window 31"),
+    ModelLaunch("gemma3-triton", "loaded.sliding-window", "gemma3", [*_RAAS, "--attention-backend", "triton", *_POOL],
+                _UNSUPPORTED + "sliding-window attention (5 of 6 layers, window 31) on triton backend (RaaS applies "
+                "a layer's window to the resident tokens on torch_native only"),
+    ModelLaunch("gemma2", "loaded.logit-cap-torch-native", "gemma2", [*_RAAS, *_POOL],
+                _UNSUPPORTED + "logit soft-capping (2 of 2 layers, cap 50) on torch_native"),
     Built("dsa-pool", "loaded.kv-pool", _UNSUPPORTED + "the KV pool SGLang built for this model (DSATokenToKVPool "
           "with PagedTokenToKVPoolAllocator", pool="DSATokenToKVPool"),
     Built("swa-allocator", "loaded.kv-pool", _UNSUPPORTED + "the KV pool SGLang built for this model "

@@ -36,9 +36,17 @@ def flush(server, timeout: float = 60) -> None:
 
 
 def hf_logprobs(model, ids: list[int], allowed: torch.Tensor) -> torch.Tensor:
-    """log-softmax over the vocabulary at every position, with `allowed` [T, T] bool as the attention mask."""
+    """log-softmax over the vocabulary at every position, with `allowed` [T, T] bool as the attention mask; a
+    model with sliding-window layers (Gemma 3) gets its window on top of it in those layers (query i sees keys
+    j > i - sliding_window), full layers `allowed` alone."""
+    mask = allowed[None, None]  # [1, 1, T, T]
+    types = getattr(model.config, "layer_types", None) or []
+    if "sliding_attention" in types:
+        i = torch.arange(len(ids))
+        band = i[None, :] > i[:, None] - model.config.sliding_window  # [T, T]
+        mask = {"full_attention": mask, "sliding_attention": (allowed & band)[None, None]}
     with torch.no_grad():
-        logits = model(torch.tensor([ids]), attention_mask=allowed[None, None]).logits[0]
+        logits = model(torch.tensor([ids]), attention_mask=mask).logits[0]
     return torch.log_softmax(logits.float(), dim=-1)
 
 
