@@ -143,3 +143,26 @@ def test_mla_exact_kernel_scores(tmp_path):
             assert masked_reference_error(hf, PROMPT, out) < 1e-3, raas["policy"]
     finally:
         srv.stop()
+
+
+@pytest.mark.slow
+def test_mla_tensor_parallel(tmp_path):
+    """`--tp-size 2`: each rank holds half the query heads over the same (replicated) latent cache; the ranks
+    combine their page scores and agree every step (`RAAS_CHECK_RANKS=1`); raas and h2o in one batch are bounded
+    and equal the HF reference masked to what they kept."""
+    from transformers import AutoModelForCausalLM
+
+    path = family_models.build("deepseek-v2")
+    srv = serve(path, "--kv-policy", "raas", "--raas-budget", "256", "--attention-backend", "triton",
+                "--tp-size", "2", tmp=tmp_path, env={**STRICT_ENV, "TRITON_INTERPRET": "1", "RAAS_CHECK_RANKS": "1"})
+    try:
+        hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        with ThreadPoolExecutor(2) as ex:
+            outs = list(ex.map(lambda p: gen(srv, PROMPT, 72, kv_policy=p, raas_budget=BUDGET, raas_trace=True),
+                               ("raas", "h2o")))
+        for out in outs:
+            raas = out["meta_info"]["raas"]
+            assert raas["evicted_pages"] >= 2 and raas["peak_kv_tokens"] == bound(len(PROMPT), BUDGET), raas
+            assert masked_reference_error(hf, PROMPT, out) < 1e-3, raas["policy"]
+    finally:
+        srv.stop()
