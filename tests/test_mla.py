@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from conftest import STRICT_ENV, serve
+from conftest import STRICT_ENV, serve, serve_all
 from raas_helpers import bound, flush, gen, masked_reference_error
 from raas_sglang.dev import family_models
 
@@ -36,17 +36,29 @@ PS = 16
 
 
 @pytest.fixture(scope="module", params=["deepseek-v2", pytest.param("deepseek-v3", marks=pytest.mark.slow)])
-def mla(request, tmp_path_factory):
-    """(name, server, HF model): a `--kv-policy raas` server on triton for the family's tiny model."""
+def servers(request, tmp_path_factory):
+    """(name, {"quest": server, "exact": server}, HF model): `--kv-policy raas` servers on triton for the family's
+    tiny model, Quest-scored (the default) and `--raas-score exact`, started side by side."""
     from transformers import AutoModelForCausalLM
 
     path = family_models.build(request.param)
-    srv = serve(path, "--kv-policy", "raas", "--raas-budget", "256", "--attention-backend", "triton",
-                "--chunked-prefill-size", "128", tmp=tmp_path_factory.mktemp(f"mla_{request.param}"),
-                env={**STRICT_ENV, "TRITON_INTERPRET": "1"})
+    common = ("--kv-policy", "raas", "--raas-budget", "256", "--attention-backend", "triton",
+              "--chunked-prefill-size", "128")
+    env = {**STRICT_ENV, "TRITON_INTERPRET": "1"}
+    srvs = serve_all(path, {"quest": (common, tmp_path_factory.mktemp(f"mla_{request.param}"), env),
+                            "exact": ((*common, "--raas-score", "exact"),
+                                      tmp_path_factory.mktemp(f"mla_exact_{request.param}"), env)})
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    yield request.param, srv, hf
-    srv.stop()
+    yield request.param, srvs, hf
+    for srv in srvs.values():
+        srv.stop()
+
+
+@pytest.fixture
+def mla(servers):
+    """(name, the Quest-scored server, HF model)."""
+    name, srvs, hf = servers
+    return name, srvs["quest"], hf
 
 
 def _info(srv) -> dict:
@@ -56,8 +68,8 @@ def _info(srv) -> dict:
 def test_mla_exact_without_eviction(mla):
     """budget >= output: token-identical to a dense request on the same server, nothing evicted."""
     name, srv, _ = mla
-    raas = gen(srv, PROMPT, 30, raas_budget=256)
-    dense = gen(srv, PROMPT, 30, kv_policy="dense")
+    with ThreadPoolExecutor(2) as ex:  # one batch
+        raas, dense = ex.map(lambda c: gen(srv, PROMPT, 30, **c), ({"raas_budget": 256}, {"kv_policy": "dense"}))
     assert raas["meta_info"]["raas"]["evicted_pages"] == 0
     assert raas["output_ids"] == dense["output_ids"], name
 
@@ -81,7 +93,7 @@ def test_mla_baseline_policies_in_one_batch(mla):
     name, srv, hf = mla
     policies = ("h2o", "streaming")
     with ThreadPoolExecutor(len(policies)) as pool:
-        outs = list(pool.map(lambda p: gen(srv, PROMPT, 72, kv_policy=p, raas_budget=BUDGET, raas_trace=True),
+        outs = list(pool.map(lambda p: gen(srv, PROMPT, 64, kv_policy=p, raas_budget=BUDGET, raas_trace=True),
                              policies))
     prompt_end = -(-len(PROMPT) // PS) * PS
     for policy, out in zip(policies, outs):
@@ -118,31 +130,24 @@ def test_mla_leak_free(mla):
     assert flushed["free_tokens"] == flushed["pool_tokens"] and flushed["evictable_tokens"] == 0, name
 
 
-def test_mla_exact_kernel_scores(tmp_path):
+def test_mla_exact_kernel_scores(servers):
     """`--raas-score exact`: the plugin's kernel decodes the latent pages (K = c_KV + k_pe, V = c_KV) and its page
     mass scores them; raas and h2o in one batch are each bounded and equal the reference masked to what they
     kept."""
-    from transformers import AutoModelForCausalLM
-
-    path = family_models.build("deepseek-v2")
-    srv = serve(path, "--kv-policy", "raas", "--raas-budget", "256", "--attention-backend", "triton",
-                "--raas-score", "exact", tmp=tmp_path, env={**STRICT_ENV, "TRITON_INTERPRET": "1"})
-    try:
-        hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-        flush(srv)
-        pool = _info(srv)
-        with ThreadPoolExecutor(2) as ex:
-            outs = list(ex.map(lambda p: gen(srv, PROMPT, 72, kv_policy=p, raas_budget=BUDGET, raas_trace=True),
-                               ("raas", "h2o")))
-        info = _info(srv)
-        assert info["exact_kernel"] is True and info["exact_kernel_layer_calls"] >= 2 * 40
-        assert pool["free_tokens"] - info["kv_free_low_water_tokens"] <= 2 * bound(len(PROMPT), BUDGET)
-        for out in outs:
-            raas = out["meta_info"]["raas"]
-            assert raas["evicted_pages"] >= 2 and raas["peak_kv_tokens"] == bound(len(PROMPT), BUDGET), raas
-            assert masked_reference_error(hf, PROMPT, out) < 1e-3, raas["policy"]
-    finally:
-        srv.stop()
+    name, srvs, hf = servers
+    srv = srvs["exact"]
+    flush(srv)
+    pool = _info(srv)
+    with ThreadPoolExecutor(2) as ex:
+        outs = list(ex.map(lambda p: gen(srv, PROMPT, 64, kv_policy=p, raas_budget=BUDGET, raas_trace=True),
+                           ("raas", "h2o")))
+    info = _info(srv)
+    assert info["exact_kernel"] is True and info["exact_kernel_layer_calls"] >= 2 * 40
+    assert pool["free_tokens"] - info["kv_free_low_water_tokens"] <= 2 * bound(len(PROMPT), BUDGET)
+    for out in outs:
+        raas = out["meta_info"]["raas"]
+        assert raas["evicted_pages"] >= 2 and raas["peak_kv_tokens"] == bound(len(PROMPT), BUDGET), (name, raas)
+        assert masked_reference_error(hf, PROMPT, out) < 1e-3, (name, raas["policy"])
 
 
 @pytest.mark.slow
@@ -164,5 +169,28 @@ def test_mla_tensor_parallel(tmp_path):
             raas = out["meta_info"]["raas"]
             assert raas["evicted_pages"] >= 2 and raas["peak_kv_tokens"] == bound(len(PROMPT), BUDGET), raas
             assert masked_reference_error(hf, PROMPT, out) < 1e-3, raas["policy"]
+    finally:
+        srv.stop()
+
+
+@pytest.mark.slow
+def test_mla_retraction_resumes_bounded_and_exact(tmp_path):
+    """SGLang retracts every 37 decode steps: a request with evictions resumes by recomputing only its pinned prompt
+    and kept latent pages (the MHA prefill for the first run, the absorbed extend over the hole-free prefix after
+    it), counts each eviction once and equals the masked reference replaying each re-prefill's masks."""
+    from transformers import AutoModelForCausalLM
+
+    path = family_models.build("deepseek-v2")
+    srv = serve(path, "--kv-policy", "raas", "--raas-budget", "256", "--attention-backend", "triton", tmp=tmp_path,
+                env={**STRICT_ENV, "TRITON_INTERPRET": "1", "SGLANG_TEST_RETRACT": "1",
+                     "SGLANG_TEST_RETRACT_INTERVAL": "37"})
+    try:
+        hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        out = gen(srv, PROMPT, 120, raas_budget=BUDGET, raas_trace=True)
+        raas = out["meta_info"]["raas"]
+        assert out["meta_info"]["num_retractions"] >= 1 and raas.get("reprefills"), out["meta_info"]
+        assert raas["peak_kv_tokens"] <= bound(len(PROMPT), BUDGET)
+        assert raas["evicted_pages"] == len(raas["trace"]) == len({(lo, hi) for _, lo, hi in raas["trace"]}) > 0
+        assert masked_reference_error(hf, PROMPT, out) < 1e-3
     finally:
         srv.stop()

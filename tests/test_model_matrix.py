@@ -61,7 +61,7 @@ def test_family_refused(refused, case):
         assert lines[0].startswith("error: " + c.message) and "Traceback" not in r["stderr"], r["stderr"][-3000:]
 
 
-SERVED = ["qwen3", "qwen2",
+SERVED = ["qwen3", "qwen2", "gemma3",
           pytest.param("qwen3-moe", marks=pytest.mark.slow), pytest.param("mistral", marks=pytest.mark.slow),
           pytest.param("olmo2", marks=pytest.mark.slow)]
 

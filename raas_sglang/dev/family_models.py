@@ -44,8 +44,10 @@ FAMILIES: dict[str, Family] = {
     "gemma2": Family("Gemma2Config", "Gemma2ForCausalLM",
                      dict(head_dim=16, sliding_window=32, query_pre_attn_scalar=16),
                      extras=dict(hidden_act="gelu_pytorch_tanh")),  # SGLang's Gemma 2 reads the pre-v5 name
+    # NOTE: tied, as every Gemma 3 checkpoint: SGLang's Gemma 3 always reads logits through the embeddings
     "gemma3": Family("Gemma3TextConfig", "Gemma3ForCausalLM",
-                     dict(num_hidden_layers=6, head_dim=16, sliding_window=32, query_pre_attn_scalar=16)),
+                     dict(num_hidden_layers=6, head_dim=16, sliding_window=32, query_pre_attn_scalar=16,
+                          tie_word_embeddings=True)),
     "olmo2": Family("Olmo2Config", "Olmo2ForCausalLM", {}),
     "deepseek-v2": Family("DeepseekV2Config", "DeepseekV2ForCausalLM",
                           dict(num_key_value_heads=4, q_lora_rank=32, kv_lora_rank=256, qk_nope_head_dim=16,
@@ -96,8 +98,8 @@ def build(name: str, force: bool = False) -> Path:
     if out.exists():
         shutil.rmtree(out)
     config = getattr(transformers, family.config_class)(
-        **{**BASE, **family.fields}, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id, initializer_range=0.25, tie_word_embeddings=False, torch_dtype="float32")
+        **{"tie_word_embeddings": False, **BASE, **family.fields}, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, initializer_range=0.25, torch_dtype="float32")
     torch.manual_seed(0)
     model = getattr(transformers, family.model_class)(config).to(torch.float32).eval()
     model.save_pretrained(out, safe_serialization=True)
