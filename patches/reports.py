@@ -46,7 +46,7 @@ def request_report(rt: Runtime, row: int, info: RowInfo) -> dict:
         "evicted_pages": int(rt.state.host.evicted[row]),
         "peak_kv_tokens": rt.peak_of(row),
         # resumptions after a retraction that recomputed only the pinned prompt and the kept pages (I4 held)
-        "bounded_reprefills": len(info.reprefills),
+        "bounded_reprefills": info.bounded_reprefills,
     }
     if info.trace:
         out["trace"] = info.trace_steps

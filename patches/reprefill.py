@@ -227,6 +227,7 @@ def _restore(rt: runtime.Runtime, batch, req) -> None:
     n = len(req.full_untruncated_fill_ids)
     info = rt.rows[row]
     info.reprefills = [*info.reprefills, [n, len(info.trace_steps)]]
+    info.bounded_reprefills += 1
     holes = rt.state.holes(row, n)
     runs = reprefill_runs(snap.pin_len, rt.config.page_size, holes, n)
     rt.reprefilling[row] = runtime.Reprefill(req.rid, req.kv, runs, n)

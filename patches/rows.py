@@ -24,6 +24,7 @@ class RowInfo:
     kv: Any = None  # the request's SGLang `ReqKvInfo` at admission: row lookups from the KV side must match it
     snapshot: RowSnapshot | None = None  # set by `release` on a retraction that left holes: resumed by re-prefill
     reprefills: list = field(default_factory=list)  # [[seq_len, trace entries before it], ...] per resumption
+    bounded_reprefills: int = 0  # of those, resumptions that recomputed only the pinned prompt and the kept pages
     kv_free: list = field(default_factory=list)  # traced: SGLang's allocator free count after each decode allocation
 
 

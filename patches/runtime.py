@@ -119,6 +119,7 @@ class Runtime:
             info.trace_steps = carry.trace_steps
             info.kv_free = carry.kv_free
             info.reprefills = carry.reprefills
+            info.bounded_reprefills = carry.bounded_reprefills
             # NOTE: evicted pages are counted by the row's state alone: a restored snapshot brings its count back,
             # and a full re-prefill recomputes the pages evicted before and evicts them again on adoption (counting
             # the carry as well would count them twice)

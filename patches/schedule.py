@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from raas_sglang.host import HostBatch
-from raas_sglang.patches import eviction, reprefill, runtime, tensor_parallel
+from raas_sglang.patches import disaggregation, eviction, reprefill, runtime, tensor_parallel
 from raas_sglang.patches.requests import request_policy
 
 logger = logging.getLogger("raas_sglang")
@@ -35,7 +35,14 @@ def _admit_new_rows(rt: runtime.Runtime, batch) -> None:
         # NOTE: pinned = the prompt, including any radix-matched prefix (a retracted request may have matched
         # past its prompt: the tree owns those tokens, so they are pinned too).
         pin = max(len(req.origin_input_ids), req.kv.cache_protected_len)
-        rt.admit(row, req.rid, pin, policy, budget_pages, trace, carry=getattr(req, "raas_carry", None), kv=req.kv)
+        carry = getattr(req, "raas_carry", None)
+        rt.admit(row, req.rid, pin, policy, budget_pages, trace, carry=carry, kv=req.kv)
+        if carry is not None and not disaggregation.decode_server():
+            # NOTE: resumed by SGLang's full re-prefill: every token recomputed with the whole prompt (KV first
+            # computed under a prompt window, streaming's, was not): an epoch for the reference (a decode server
+            # restores the KV from its host copy instead: nothing recomputed)
+            info = rt.rows[row]
+            info.reprefills = [*info.reprefills, [int(req.kv.kv_committed_len), len(info.trace_steps)]]
         if policy != "dense":
             _adopt_existing_decode_pages(rt, batch, row, req.kv.kv_committed_len)
         seq = np.array([req.kv.kv_committed_len], dtype=np.int64)
