@@ -170,11 +170,14 @@ class Loaded(Fields):
         return ", ".join(sorted(self.backends - {"torch_native"})) or "an unknown"
 
     @property
-    def capped(self) -> str:
-        """The layers with logit soft-capping, in words (`2 of 2 layers, cap 50`)."""
-        hit = [layer for layer in self.layers if layer.logit_cap > 0]
-        caps = ", ".join(f"{c:g}" for c in sorted({layer.logit_cap for layer in hit}))
-        return f"{len(hit)} of {len(self.layers)} layers, cap {caps}" if hit else ""
+    def native_features(self) -> str:
+        """What SGLang's torch_native attention would drop for this model, in words ('' when nothing)."""
+        capped = [layer for layer in self.layers if layer.logit_cap > 0]
+        caps = ", ".join(f"{c:g}" for c in sorted({layer.logit_cap for layer in capped}))
+        names = [f"logit soft-capping ({len(capped)} of {len(self.layers)} layers, cap {caps})" if capped else "",
+                 "attention sinks" if any(x.sinks for x in self.layers) else "",
+                 "xai temperature" if any(x.xai_temperature for x in self.layers) else ""]
+        return ", ".join(n for n in names if n)
 
     @property
     def unread_layers(self) -> str:

@@ -209,11 +209,11 @@ LOADED = (
             "sliding-window attention ({windowed}) on {window_backends} backend (RaaS applies a layer's window to "
             "the resident tokens on torch_native only); use --attention-backend torch_native, or --kv-policy dense "
             "for this model", lambda x: bool(x.windowed) and x.backends != {"torch_native"}),
-    Refusal("loaded.logit-cap-torch-native", "an attention layer of the loaded model soft-caps its logits (Gemma 2, "
-            "Grok) and torch_native would run it",
-            "logit soft-capping ({capped}) on torch_native (SGLang's torch_native attention does not apply the cap, "
-            "so no budget could be exact to the model); use --kv-policy dense for this model",
-            lambda x: bool(x.capped) and "torch_native" in x.backends),
+    Refusal("loaded.torch-native-features", "torch_native would run a model with logit soft-capping (Gemma 2, "
+            "Grok), attention sinks or xai temperature",
+            "{native_features} on torch_native (SGLang's torch_native attention does not apply it, so no budget "
+            "could be exact to the model); use --kv-policy dense for this model",
+            lambda x: bool(x.native_features) and "torch_native" in x.backends),
     Refusal("loaded.exact-kernel-features", "`--raas-score exact` on triton for a model with logit capping, "
             "attention sinks, scaled KV or xai temperature",
             "--raas-score exact on triton for a model with {kernel_features} (the plugin's decode kernel does not "

@@ -245,7 +245,7 @@ CASES = (
     ModelLaunch("gemma3-triton", "loaded.sliding-window", "gemma3", [*_RAAS, "--attention-backend", "triton", *_POOL],
                 _UNSUPPORTED + "sliding-window attention (5 of 6 layers, window 31) on triton backend (RaaS applies "
                 "a layer's window to the resident tokens on torch_native only"),
-    ModelLaunch("gemma2", "loaded.logit-cap-torch-native", "gemma2", [*_RAAS, *_POOL],
+    ModelLaunch("gemma2", "loaded.torch-native-features", "gemma2", [*_RAAS, *_POOL],
                 _UNSUPPORTED + "logit soft-capping (2 of 2 layers, cap 50) on torch_native"),
     Built("dsa-pool", "loaded.kv-pool", _UNSUPPORTED + "the KV pool SGLang built for this model (DSATokenToKVPool "
           "with PagedTokenToKVPoolAllocator", pool="DSATokenToKVPool"),
