@@ -186,11 +186,16 @@ def test_mla_retraction_resumes_bounded_and_exact(tmp_path):
                      "SGLANG_TEST_RETRACT_INTERVAL": "37"})
     try:
         hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-        out = gen(srv, PROMPT, 120, raas_budget=BUDGET, raas_trace=True)
-        raas = out["meta_info"]["raas"]
-        assert out["meta_info"]["num_retractions"] >= 1 and raas.get("reprefills"), out["meta_info"]
-        assert raas["peak_kv_tokens"] <= bound(len(PROMPT), BUDGET)
-        assert raas["evicted_pages"] == len(raas["trace"]) == len({(lo, hi) for _, lo, hi in raas["trace"]}) > 0
-        assert masked_reference_error(hf, PROMPT, out) < 1e-3
+        policies = ("raas", "h2o", "streaming")  # SGLang retracts only from a batch of more than one
+        with ThreadPoolExecutor(len(policies)) as ex:
+            outs = list(ex.map(lambda p: gen(srv, PROMPT, 120, kv_policy=p, raas_budget=BUDGET, raas_trace=True),
+                               policies))
+        assert any(o["meta_info"]["raas"]["bounded_reprefills"] for o in outs), [o["meta_info"] for o in outs]
+        for policy, out in zip(policies, outs):
+            raas = out["meta_info"]["raas"]
+            assert raas["peak_kv_tokens"] <= bound(len(PROMPT), BUDGET)
+            assert raas["evicted_pages"] == len(raas["trace"]) == len({(lo, hi) for _, lo, hi in raas["trace"]}) > 0
+            window = (48, PS, BUDGET) if policy == "streaming" else None
+            assert masked_reference_error(hf, PROMPT, out, window=window) < 1e-3, policy
     finally:
         srv.stop()
