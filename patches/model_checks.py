@@ -28,6 +28,7 @@ import logging
 
 from raas_sglang.patches import tensor_parallel
 from raas_sglang.patches.server_args import config_of
+from raas_sglang.refusal_context import arg
 from raas_sglang.refusals import AttnLayer, Loaded, VersionMismatch, loaded_refusal
 
 logger = logging.getLogger("raas_sglang")
@@ -73,9 +74,12 @@ def loaded_view(scheduler) -> Loaded:
     runner = scheduler.tp_worker.model_runner
     pool, allocator = runner.token_to_kv_pool, runner.token_to_kv_pool_allocator
     pool_layers = tuple(range(int(pool.start_layer), int(pool.start_layer) + int(pool.layer_num)))  # end: exclusive
+    from sglang.srt.arg_groups.overrides import resolving_view
+
     args = scheduler.server_args
-    backends = {getattr(args, n, None) for n in ("attention_backend", "decode_attention_backend",
-                                                 "prefill_attention_backend")} - {None}
+    view = resolving_view(args)  # the resolved backends (the record's own fields may still be unset)
+    backends = {arg(view, n) for n in ("attention_backend", "decode_attention_backend",
+                                       "prefill_attention_backend")} - {None}
     return Loaded(config_of(args), type(pool).__name__, type(allocator).__name__, int(allocator.page_size),
                   pool_layers, attention_layers(runner.model), frozenset(backends))
 
