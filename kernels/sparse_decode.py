@@ -149,10 +149,11 @@ def _split_kernel(
         pos = lp * PS + v % PS
         valid = (lp >= 0) & (pos < seq) & (is_dec | (pos < win_lo) | (pos >= win_hi))
         slot = tl.load(r2t_ptr + row * stride_r2t + tl.where(valid, pos, 0)).to(tl.int64)
-        k = tl.load(k_ptr + slot[:, None] * stride_kt + h * stride_kh + offs_d[None, :])  # invalid: slot 0, masked below
+        # NOTE: K/V are read in q's type (an fp8 cache is upcast, as upstream's kernel does; its scales are refused)
+        k = tl.load(k_ptr + slot[:, None] * stride_kt + h * stride_kh + offs_d[None, :]).to(q.dtype)  # invalid: slot 0
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)  # [BLOCK_H, BLOCK_N]
         if DR > 0:
-            k_r = tl.load(k_ptr + slot[:, None] * stride_kt + h * stride_kh + offs_r[None, :])
+            k_r = tl.load(k_ptr + slot[:, None] * stride_kt + h * stride_kh + offs_r[None, :]).to(q.dtype)
             qk += tl.dot(q_r, tl.trans(k_r), input_precision=DOT_PREC)
         qk = qk * sm_scale
         qk = tl.where(valid[None, :], qk, float("-inf"))
@@ -160,7 +161,7 @@ def _split_kernel(
         m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)  # all masked so far: any finite reference
         alpha = tl.exp(m - m_ref)
         p = tl.exp(qk - m_ref[:, None])  # [BLOCK_H, BLOCK_N]
-        vv = tl.load(v_ptr + slot[:, None] * stride_vt + h * stride_vh + offs_d[None, :])  # p == 0 where invalid
+        vv = tl.load(v_ptr + slot[:, None] * stride_vt + h * stride_vh + offs_d[None, :]).to(q.dtype)  # p 0: invalid
         acc = acc * alpha[:, None] + tl.dot(p.to(vv.dtype), vv, input_precision=DOT_PREC)
         l = l * alpha + tl.sum(p, axis=1)
         m = m_new
@@ -289,8 +290,9 @@ def plan(q, k_buf, v_buf, req_to_token, rows, seq_lens, pin_len, pages, sm_scale
     L = pages.shape[1]
     block_h = min(max(16, triton.next_power_of_2(q_heads // kv_heads)), 16 if dk > d else 64)
     # small K tiles keep the registers under the spill line: 16 KB for 16-bit types; float32 dots run on FMAs, 8 KB
+    # (a power of two, MLA's dk is not; at least the smallest K of a tensor-core dot: 16 for 16-bit types, 8 else)
     fit = (16384 if q.element_size() < 4 else 8192) // (dk * q.element_size())
-    block_n = max(min(block_n, 1 << (fit.bit_length() - 1) if fit else 1), page_size)  # a power of two (MLA's dk is not)
+    block_n = max(min(block_n, 1 << (fit.bit_length() - 1) if fit else 1), page_size, 16 if q.element_size() < 4 else 8)
     head_blocks = triton.cdiv(q_heads // kv_heads, block_h)
     split = Launch(_split_kernel, (bs, kv_heads * head_blocks, splits), [
         q, k_buf, v_buf, req_to_token, rows, seq_lens, pin_len, pages, lo, hi, ws.acc, ws.m, ws.l, ws.psum, ws.pref,

@@ -155,12 +155,13 @@ def run_sdpa_forward_decode(orig, self, query, output, k_cache, v_cache, req_to_
         scaling = query.shape[-1] ** -0.5
     layer = rt.layer_of(k_cache)
     table = fwd.table
-    keep = None
-    if table.cand_end is not None:
-        keep = quest_keep(table, rt.bounds, layer, query, scaling, rt.state.limit[table.rows])
     window = kw.get("sliding_window_size")
-    if window is not None and window > -1:  # as upstream: the query at p attends positions [p - window, p]
-        inside = table.pos >= (fwd.seq_lens - 1 - window)[:, None]  # [bs, n_max] bool
+    lo = fwd.seq_lens - 1 - window if window is not None and window > -1 else None  # [bs] first attended position
+    keep = None
+    if table.cand_end is not None:  # NOTE: a windowed layer selects among the pages inside its window
+        keep = quest_keep(table, rt.bounds, layer, query, scaling, rt.state.limit[table.rows], lo)
+    if lo is not None:  # as upstream: the query at p attends positions [p - window, p]
+        inside = table.pos >= lo[:, None]  # [bs, n_max] bool
         keep = inside if keep is None else keep & inside
     out, probs = rt.decode(query, k_cache, v_cache, scaling, keep)
     output.copy_(out)

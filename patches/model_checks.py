@@ -80,6 +80,9 @@ def loaded_view(scheduler) -> Loaded:
     view = resolving_view(args)  # the resolved backends (the record's own fields may still be unset)
     backends = {arg(view, n) for n in ("attention_backend", "decode_attention_backend",
                                        "prefill_attention_backend")} - {None}
+    if not backends:  # NOTE: the backend rows would read nothing: stop rather than serve unchecked
+        raise VersionMismatch("raas_sglang: SGLang resolved no attention backend (is this SGLang 0.5.23?); "
+                              "refusing to serve without checking what the backend applies")
     return Loaded(config_of(args), type(pool).__name__, type(allocator).__name__, int(allocator.page_size),
                   pool_layers, attention_layers(runner.model), frozenset(backends))
 

@@ -8,14 +8,16 @@ decided by SGLang (profiled, or `--max-total-tokens`), the pool gets the largest
 
     T' * cell + bounds(T') <= T * cell,   bounds(T') = (T' / page_size + 2) * bytes_per_page
 
-(cell = SGLang's KV bytes per token for this MHA model; the bounds hold one entry per page of the pool buffer,
+(cell = SGLang's KV bytes per token for this model, one latent row per layer for MLA; the bounds hold one entry
+per page of the pool buffer,
 which has one padding page, plus one spare). So pool + bounds fit what the pool alone would have taken.
 `/get_server_info` reports `key_bounds_bytes` (the bounds' tensors, once allocated) and
 `pool_tokens_before_bounds` (T).
 
 Upstream symbols hooked (sglang 0.5.23): `sglang.srt.mem_cache.kv_cache_configurator.KVCacheConfigurator.
 config_from_budget(self, budget_bytes, *, cap_tokens=None)`, AROUND: both sizing paths (profiled and capped) end
-there (a call with `cap_tokens`, SGLang's later re-size of a sized pool, is left alone). Read: `self.model_config` (`get_num_kv_heads(tp, dcp)`, `head_dim`, `v_head_dim`), `self.layer_info.
+there (a call with `cap_tokens`, SGLang's later re-size of a sized pool, is left alone). Read: `self.use_mla_backend`, `self.model_config` (`get_num_kv_heads(tp, dcp)`, `head_dim`, `v_head_dim`;
+MLA: `kv_lora_rank`, `qk_rope_head_dim`), `self.layer_info.
 num_effective_layers`, `self.kv_cache_dtype`; `get_parallel().attn_tp_size`/`attn_dcp_size`;
 `sglang.srt.model_executor.pool_configurator.create_memory_pool_configurator(kvc).
 calculate_pool_sizes_from_max_tokens(tokens, page_size)`; `sglang.srt.runtime_context.attention_backends()`.
@@ -72,11 +74,16 @@ def config_from_budget(orig, self, budget_bytes, *args, **kwargs):
     from sglang.srt.runtime_context import get_parallel
 
     mc, ps = self.model_config, rt.config.page_size
-    par = get_parallel()
-    heads = mc.get_num_kv_heads(par.attn_tp_size, par.attn_dcp_size)
     layers = self.layer_info.num_effective_layers
-    cell = heads * (mc.head_dim + mc.v_head_dim) * layers * torch._utils._element_size(self.kv_cache_dtype)
-    per_page = layers * heads * 2 * mc.head_dim * 4  # PageKeyBounds: float32 [kv_heads, 2 * head_dim] per layer
+    elt = torch._utils._element_size(self.kv_cache_dtype)
+    if self.use_mla_backend:  # MLATokenToKVPool: one latent row per token and layer (V is a view of it)
+        heads, key_dim = 1, mc.kv_lora_rank + mc.qk_rope_head_dim
+        cell = key_dim * layers * elt
+    else:
+        par = get_parallel()
+        heads, key_dim = mc.get_num_kv_heads(par.attn_tp_size, par.attn_dcp_size), mc.head_dim
+        cell = heads * (mc.head_dim + mc.v_head_dim) * layers * elt
+    per_page = layers * heads * 2 * key_dim * 4  # PageKeyBounds: float32 [kv_heads, 2 * key_dim] per layer
     before = int(config.max_total_num_tokens)
     kept = tokens_with_bounds(before, cell, per_page, ps)
     rt.pool_plan = PoolPlan(before, kept, per_page, cell)

@@ -37,12 +37,13 @@ def _admit_new_rows(rt: runtime.Runtime, batch) -> None:
         pin = max(len(req.origin_input_ids), req.kv.cache_protected_len)
         carry = getattr(req, "raas_carry", None)
         rt.admit(row, req.rid, pin, policy, budget_pages, trace, carry=carry, kv=req.kv)
-        if carry is not None and not disaggregation.decode_server():
-            # NOTE: resumed by SGLang's full re-prefill: every token recomputed with the whole prompt (KV first
-            # computed under a prompt window, streaming's, was not): an epoch for the reference (a decode server
-            # restores the KV from its host copy instead: nothing recomputed)
+        if carry is not None and carry.evicted_at_release == 0 and not disaggregation.decode_server():
+            # NOTE: resumed by SGLang's full re-prefill before any eviction: every token recomputed with the whole
+            # prompt (KV first computed under a prompt window, streaming's, was not): an epoch for the reference.
+            # Not after evictions (the fallback that recomputes evicted pages too: outside I4, README) nor on a
+            # decode server (it restores the KV from its host copy: nothing recomputed)
             info = rt.rows[row]
-            info.reprefills = [*info.reprefills, [int(req.kv.kv_committed_len), len(info.trace_steps)]]
+            info.reprefills = [*info.reprefills, [int(req.kv.kv_committed_len), 0]]
         if policy != "dense":
             _adopt_existing_decode_pages(rt, batch, row, req.kv.kv_committed_len)
         seq = np.array([req.kv.kv_committed_len], dtype=np.int64)

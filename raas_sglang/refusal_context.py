@@ -127,6 +127,8 @@ class Startup(Fields):
         if getattr(self.model.hf_text_config, "index_topk", None) is not None:
             return "DSA attention (DeepSeek V3.2's indexer selects the KV itself, in its own pool)"
         others = sorted(self.backends - {"triton"})
+        if not self.backends:  # NOTE: fail closed: SGLang resolved no backend that could be checked
+            return "MLA attention with no resolved attention backend"
         if others:
             return (f"MLA attention on the {', '.join(others)} backend (RaaS reads the latent cache on triton only; "
                     "SGLang's torch_native cannot prefill MLA)")

@@ -149,15 +149,19 @@ def build_table(state: RaasState, rows: torch.Tensor, seq_lens: torch.Tensor, re
 
 
 def quest_keep(table: ResidentTable, bounds: PageKeyBounds, layer: int, q: torch.Tensor, sm_scale: float,
-               limit: torch.Tensor) -> torch.Tensor:
+               limit: torch.Tensor, lo: torch.Tensor | None = None) -> torch.Tensor:
     """keep [bs, n_max] bool: one layer's Quest selection for the selecting rows (the `limit` candidate pages with
     the highest bound, max over heads; everything else of theirs is kept), all True for other rows.
-    q [bs, q_heads, d]; limit [bs] int64 (each row's page limit). NOTE: a selecting row's candidate positions are
-    table columns [0, cand_end), since its pinned part starts at position 0 and is contiguous."""
+    q [bs, q_heads, d]; limit [bs] int64 (each row's page limit); lo [bs] int64: a sliding-window layer attends no
+    position below it, so a page wholly below is no candidate (the limit goes to pages it can attend). NOTE: a
+    selecting row's candidate positions are table columns [0, cand_end), since its pinned part starts at position
+    0 and is contiguous."""
     ps = bounds.page_size
     P = -(-table.cand_max // ps)
     j = torch.arange(P, device=q.device)  # [P] candidate logical pages
     ok = j[None, :] * ps < table.cand_end[:, None]  # [bs, P]
+    if lo is not None:
+        ok &= (j[None, :] + 1) * ps > lo[:, None]
     first = (j * ps).clamp(max=table.slots.shape[1] - 1)
     phys = torch.where(ok, table.slots[:, first] // ps, torch.zeros_like(ok, dtype=torch.int64))  # [bs, P]
     u = bounds.head_scores(layer, q, phys, sm_scale).amax(dim=1)  # [bs, P]

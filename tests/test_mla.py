@@ -125,6 +125,11 @@ def test_mla_leak_free(mla):
         time.sleep(0.5)
     assert info["evicted_pages_total"] > 0
     assert info["free_tokens"] + info["evictable_tokens"] == info["pool_tokens"], info
+    # the pool was sized with the latent Quest bounds counted: pool + bounds fit what the pool alone would have
+    # taken (one latent row of kv_lora_rank + rope per token and layer, float32 here), to within a page
+    cell, per_page = 2 * (256 + 32) * 4, 2 * 2 * (256 + 32) * 4
+    before, used = info["pool_tokens_before_bounds"], info["pool_tokens"] * cell + info["key_bounds_bytes"]
+    assert before * cell - (PS * cell + per_page) * 3 < used <= before * cell, (before, info["pool_tokens"])
     flush(srv)
     flushed = _info(srv)
     assert flushed["free_tokens"] == flushed["pool_tokens"] and flushed["evictable_tokens"] == 0, name

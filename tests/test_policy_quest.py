@@ -67,6 +67,14 @@ def test_selection_is_top_k_by_quest_bound(monkeypatch):
         top = sorted(cands, key=lambda p: (-scores[p], p))[:L]
         rest = {p // PS for p in range(cand_end, s)}
         assert kept == sorted(set(top) | rest)
+    # a sliding-window layer selects among the candidate pages it can attend: pages wholly below its window are none
+    lo = seq - 1 - 5 * PS  # [bs] the first position each row's window attends
+    keep = quest_keep(table, rt.bounds, 0, q, 0.5, rt.state.limit[table.rows], lo)
+    s, cand_end, n = 50, (50 - 1) // PS * PS, int(table.n[0])
+    cands = [p for p in range(cand_end // PS) if (p + 1) * PS > int(lo[0])]
+    scores = {p: _brute_bound(q[0], keys[req_to_token[0, p * PS : p * PS + PS].long()], 0.5) for p in cands}
+    chosen = {int(p) // PS for p, k in zip(table.pos[0, :n].tolist(), keep[0, :n].tolist()) if k and p < cand_end}
+    assert len(cands) > L and chosen == set(sorted(cands, key=lambda p: (-scores[p], p))[:L])
 
 
 @pytest.fixture(scope="module")
