@@ -13,6 +13,21 @@ def gen(server, ids, n, **custom):
     return server.post("/generate", body)
 
 
+def gen_policies(server, ids, n, policies, budget: int) -> list[dict]:
+    """One traced request per policy, all at once (one decode batch), each with `budget` tokens."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(policies)) as pool:
+        return list(pool.map(lambda p: gen(server, ids, n, kv_policy=p, raas_budget=budget, raas_trace=True),
+                             policies))
+
+
+def streaming_window(prompt_len: int, budget: int, policy: str, ps: int = 16):
+    """`masked_reference_error`'s `window` for a request of `policy`: streaming's (sink page, recent window of
+    `budget` tokens, pinned through the end of the partial prompt page); None for any other policy."""
+    return (-(-prompt_len // ps) * ps, ps, budget) if policy == "streaming" else None
+
+
 def bound(prompt_len: int, budget: int, ps: int = 16) -> int:
     """I4: ceil(prompt / ps) * ps + budget (the budget a whole number of pages; the page being written counts)."""
     return -(-prompt_len // ps) * ps + budget

@@ -27,7 +27,7 @@ import pytest
 import torch
 
 from conftest import STRICT_ENV, serve, serve_all
-from raas_helpers import bound, flush, gen, masked_reference_error
+from raas_helpers import bound, flush, gen, gen_policies, masked_reference_error, streaming_window
 from raas_sglang.dev import family_models
 
 PROMPT = [1] + list(range(30, 70))  # 41 tokens: pinned pages 0..2
@@ -92,15 +92,12 @@ def test_mla_baseline_policies_in_one_batch(mla):
     to what it kept (streaming also drops the prompt outside its sink page and recent window)."""
     name, srv, hf = mla
     policies = ("h2o", "streaming")
-    with ThreadPoolExecutor(len(policies)) as pool:
-        outs = list(pool.map(lambda p: gen(srv, PROMPT, 64, kv_policy=p, raas_budget=BUDGET, raas_trace=True),
-                             policies))
-    prompt_end = -(-len(PROMPT) // PS) * PS
+    outs = gen_policies(srv, PROMPT, 64, policies, BUDGET)
     for policy, out in zip(policies, outs):
         raas = out["meta_info"]["raas"]
         assert raas["policy"] == policy and raas["evicted_pages"] >= 2, (name, policy)  # pages 3..6 open
         assert raas["peak_kv_tokens"] <= bound(len(PROMPT), BUDGET)
-        window = (prompt_end, PS, BUDGET) if policy == "streaming" else None
+        window = streaming_window(len(PROMPT), BUDGET, policy)
         assert masked_reference_error(hf, PROMPT, out, window=window) < 1e-3, (name, policy)
 
 
@@ -143,9 +140,7 @@ def test_mla_exact_kernel_scores(servers):
     srv = srvs["exact"]
     flush(srv)
     pool = _info(srv)
-    with ThreadPoolExecutor(2) as ex:
-        outs = list(ex.map(lambda p: gen(srv, PROMPT, 64, kv_policy=p, raas_budget=BUDGET, raas_trace=True),
-                           ("raas", "h2o")))
+    outs = gen_policies(srv, PROMPT, 64, ("raas", "h2o"), BUDGET)
     info = _info(srv)
     assert info["exact_kernel"] is True and info["exact_kernel_layer_calls"] >= 2 * 40
     assert pool["free_tokens"] - info["kv_free_low_water_tokens"] <= 2 * bound(len(PROMPT), BUDGET)
@@ -167,9 +162,7 @@ def test_mla_tensor_parallel(tmp_path):
                 "--tp-size", "2", tmp=tmp_path, env={**STRICT_ENV, "TRITON_INTERPRET": "1", "RAAS_CHECK_RANKS": "1"})
     try:
         hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-        with ThreadPoolExecutor(2) as ex:
-            outs = list(ex.map(lambda p: gen(srv, PROMPT, 72, kv_policy=p, raas_budget=BUDGET, raas_trace=True),
-                               ("raas", "h2o")))
+        outs = gen_policies(srv, PROMPT, 72, ("raas", "h2o"), BUDGET)
         for out in outs:
             raas = out["meta_info"]["raas"]
             assert raas["evicted_pages"] >= 2 and raas["peak_kv_tokens"] == bound(len(PROMPT), BUDGET), raas
@@ -192,15 +185,13 @@ def test_mla_retraction_resumes_bounded_and_exact(tmp_path):
     try:
         hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
         policies = ("raas", "h2o", "streaming")  # SGLang retracts only from a batch of more than one
-        with ThreadPoolExecutor(len(policies)) as ex:
-            outs = list(ex.map(lambda p: gen(srv, PROMPT, 120, kv_policy=p, raas_budget=BUDGET, raas_trace=True),
-                               policies))
+        outs = gen_policies(srv, PROMPT, 120, policies, BUDGET)
         assert any(o["meta_info"]["raas"]["bounded_reprefills"] for o in outs), [o["meta_info"] for o in outs]
         for policy, out in zip(policies, outs):
             raas = out["meta_info"]["raas"]
             assert raas["peak_kv_tokens"] <= bound(len(PROMPT), BUDGET)
             assert raas["evicted_pages"] == len(raas["trace"]) == len({(lo, hi) for _, lo, hi in raas["trace"]}) > 0
-            window = (48, PS, BUDGET) if policy == "streaming" else None
+            window = streaming_window(len(PROMPT), BUDGET, policy)
             assert masked_reference_error(hf, PROMPT, out, window=window) < 1e-3, policy
     finally:
         srv.stop()

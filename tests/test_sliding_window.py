@@ -6,13 +6,11 @@ in tests/test_model_matrix.py ([gemma3], [gemma3-triton], [gemma2])."""
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import pytest
 import torch
 
 from conftest import STRICT_ENV, serve
-from raas_helpers import bound, gen, masked_reference_error
+from raas_helpers import bound, gen_policies, masked_reference_error, streaming_window
 from raas_sglang.dev import family_models
 
 PROMPT = [1] + list(range(30, 70))  # 41 tokens: pinned pages 0..2
@@ -32,15 +30,13 @@ def test_windowed_retraction_and_policies(tmp_path):
     try:
         hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
         policies = ("raas", "h2o", "streaming")
-        with ThreadPoolExecutor(len(policies)) as ex:
-            outs = list(ex.map(lambda p: gen(srv, PROMPT, 200, kv_policy=p, raas_budget=BUDGET, raas_trace=True),
-                               policies))
+        outs = gen_policies(srv, PROMPT, 200, policies, BUDGET)
         # a bounded re-prefill over holes ran (the windowed layers masked by logical position there)
         assert any(o["meta_info"]["raas"]["bounded_reprefills"] for o in outs), [o["meta_info"] for o in outs]
         for policy, out in zip(policies, outs):
             raas = out["meta_info"]["raas"]
             assert raas["evicted_pages"] >= 8 and raas["peak_kv_tokens"] <= bound(len(PROMPT), BUDGET), raas
-            window = (48, 16, BUDGET) if policy == "streaming" else None
+            window = streaming_window(len(PROMPT), BUDGET, policy)
             assert masked_reference_error(hf, PROMPT, out, window=window) < 1e-3, policy
     finally:
         srv.stop()
