@@ -12,10 +12,10 @@ cuts out of the tree, exactly as a page of per-head K/V. What is shown here, wit
 - a later turn hits the radix cache (`cached_tokens`) and extends over it through SGLang's absorbed-MLA extend;
 - the pool is leak-free afterwards;
 - with `--raas-score exact` the plugin's kernel (`kernels/sparse_decode.py`, MLA shape) decodes, and its exact
-  page mass drives raas and h2o side by side, each equal to the masked reference.
+  page mass drives raas and h2o side by side, each equal to the masked reference (`slow`).
 
-DeepSeek-V2 (dense MLP) runs in `make test` (~4 min for both servers); DeepSeek-V3 (MoE, noaux_tc routing) is
-`slow` (~3 min).
+DeepSeek-V2 (dense MLP) with Quest scores runs in `make test` (~3 min); DeepSeek-V3 (MoE, noaux_tc routing), the
+exact-kernel servers, tensor parallel and retraction are `slow`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from conftest import STRICT_ENV, serve, serve_all
+from conftest import STRICT_ENV, serve
 from raas_helpers import bound, flush, gen, gen_policies, masked_reference_error, streaming_window
 from raas_sglang.dev import family_models
 
@@ -35,30 +35,21 @@ BUDGET = 32
 PS = 16
 
 
+COMMON = ("--kv-policy", "raas", "--raas-budget", "256", "--attention-backend", "triton", "--chunked-prefill-size", "128")
+
+
 @pytest.fixture(scope="module", params=["deepseek-v2", pytest.param("deepseek-v3", marks=pytest.mark.slow)])
-def servers(request, tmp_path_factory):
-    """(name, {"quest": server, "exact": server}, HF model): `--kv-policy raas` servers on triton for the family's
-    tiny model, Quest-scored (the default) and `--raas-score exact`, started side by side."""
+def mla(request, tmp_path_factory):
+    """(name, server, HF model): a `--kv-policy raas` server on triton (Quest scores, the default) for the family's
+    tiny model."""
     from transformers import AutoModelForCausalLM
 
     path = family_models.build(request.param)
-    common = ("--kv-policy", "raas", "--raas-budget", "256", "--attention-backend", "triton",
-              "--chunked-prefill-size", "128")
-    env = {**STRICT_ENV, "TRITON_INTERPRET": "1"}
-    srvs = serve_all(path, {"quest": (common, tmp_path_factory.mktemp(f"mla_{request.param}"), env),
-                            "exact": ((*common, "--raas-score", "exact"),
-                                      tmp_path_factory.mktemp(f"mla_exact_{request.param}"), env)})
+    srv = serve(path, *COMMON, tmp=tmp_path_factory.mktemp(f"mla_{request.param}"),
+                env={**STRICT_ENV, "TRITON_INTERPRET": "1"})
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    yield request.param, srvs, hf
-    for srv in srvs.values():
-        srv.stop()
-
-
-@pytest.fixture
-def mla(servers):
-    """(name, the Quest-scored server, HF model)."""
-    name, srvs, hf = servers
-    return name, srvs["quest"], hf
+    yield request.param, srv, hf
+    srv.stop()
 
 
 def _info(srv) -> dict:
@@ -132,12 +123,24 @@ def test_mla_leak_free(mla):
     assert flushed["free_tokens"] == flushed["pool_tokens"] and flushed["evictable_tokens"] == 0, name
 
 
-def test_mla_exact_kernel_scores(servers):
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["deepseek-v2", "deepseek-v3"])
+def test_mla_exact_kernel_scores(name, tmp_path):
     """`--raas-score exact`: the plugin's kernel decodes the latent pages (K = c_KV + k_pe, V = c_KV) and its page
     mass scores them; raas and h2o in one batch are each bounded and equal the reference masked to what they
-    kept."""
-    name, srvs, hf = servers
-    srv = srvs["exact"]
+    kept. (`make test` runs the kernel's MLA shape against its torch reference: tests/test_kernels.py.)"""
+    from transformers import AutoModelForCausalLM
+
+    path = family_models.build(name)
+    srv = serve(path, *COMMON, "--raas-score", "exact", tmp=tmp_path, env={**STRICT_ENV, "TRITON_INTERPRET": "1"})
+    try:
+        hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        _exact_kernel_batch(name, srv, hf)
+    finally:
+        srv.stop()
+
+
+def _exact_kernel_batch(name, srv, hf):
     flush(srv)
     pool = _info(srv)
     outs = gen_policies(srv, PROMPT, 64, ("raas", "h2o"), BUDGET)
