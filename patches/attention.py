@@ -187,6 +187,15 @@ def _fold_keys(rt: runtime.Runtime, layer, forward_batch, k, pool=None) -> None:
     rt.bounds.update(layer.layer_id - rt.start_layer, loc, k.reshape(-1, kv_heads, dim))
 
 
+def _window_lo(kind: Backend, layer, fwd: DecodeStep) -> torch.Tensor | None:
+    """[bs] int64: the first position a sliding-window layer attends at this decode step (None: no window). NOTE:
+    upstream's windows differ by one: torch_native attends [p - window, p], triton's decode [p - window + 1, p]."""
+    window = getattr(layer, "sliding_window_size", None)
+    if window is None or window < 0:
+        return None
+    return fwd.seq_lens - window - (1 if kind is Backend.TORCH_NATIVE else 0)
+
+
 def layer_hooks(cls_path: str, kind: Backend) -> tuple:
     """The per-layer hooks of one backend class: key folding into the Quest bounds (decode and extend) and Quest
     page scores (when this backend's scores are not exact)."""
@@ -202,7 +211,7 @@ def layer_hooks(cls_path: str, kind: Backend) -> tuple:
             if fwd.scores is not None and fwd.scores.phys is not None:  # Quest scores
                 lid = layer.layer_id - rt.start_layer
                 fwd.scores.add_bounds(rt.bounds, lid, q.reshape(q.shape[0], layer.tp_q_head_num, layer.qk_head_dim),
-                                      layer.scaling)
+                                      layer.scaling, _window_lo(kind, layer, fwd))
                 rt.layer_done(fwd, lid)
         return out
 

@@ -13,11 +13,18 @@ Upstream symbols hooked (sglang 0.5.23, `sglang/srt/layers/attention/triton_back
   kv_indices` (built by upstream from `req_to_token[row, :seq_len]`) with the ragged resident lists, and
   recompute `num_kv_splits` from the resident lengths. The decode kernel (`decode_attention_fwd`, also its Lean
   variant) takes every length from `kv_indptr`, so this is all it needs; positions stay logical (RoPE was
-  applied before the KV write). With exact scores no list is built (the kernel needs none).
+  applied before the KV write). With exact scores no list is built (the kernel needs none). A model with
+  sliding-window layers (`self.sliding_window_size` > 0; one pool, `--disable-hybrid-swa-memory` or Gemma 3) has
+  `window_kv_indptr/window_kv_indices` too, built upstream by `update_sliding_window_buffer` from the row's last
+  `sliding_window_size` entries (a hole there would read the padding slot): replaced by the resident slots at
+  positions >= seq_len - sliding_window_size. NOTE: that is upstream's decode window, one token shorter than its
+  extend's and torch_native's (the query at p attends [p - window + 1, p]); RaaS keeps it, to stay identical to a
+  dense request on the same server. `forward_decode` passes `num_kv_splits` to window layers too.
 - `forward_decode` / `forward_extend`, AROUND: key folding and Quest page scoring (`attention.layer_hooks`).
 
 NOTE: CUDA-graph decode is refused at startup under RaaS (a startup refusal), so the eager path above is
-the only decode path; sliding-window models are refused too (no window lists to rebuild).
+the only decode path. The hybrid sliding-window pool (`SWAKVPool`) is refused at startup, so window lists hold
+full-pool slots, as the resident table does.
 """
 
 from __future__ import annotations
@@ -95,8 +102,13 @@ def init_forward_metadata(result, self, forward_batch):
         if md.uneven_batch is not None:
             md.uneven_batch.zero_()
         self.get_num_kv_splits(num_kv_splits, n, md.uneven_batch)
+        window = {}
+        if self.sliding_window_size is not None and self.sliding_window_size > 0:
+            width = int(self.sliding_window_size)  # NOTE: upstream's decode window is the last `width` tokens
+            w_indptr, w_indices = fwd.table.window_ragged(fwd.seq_lens - width, width)  # [bs + 1], [sum m]
+            window = dict(window_kv_indptr=w_indptr, window_kv_indices=w_indices)
         self.forward_metadata = dataclasses.replace(
-            md, kv_indptr=kv_indptr, kv_indices=kv_indices, num_kv_splits=num_kv_splits
+            md, kv_indptr=kv_indptr, kv_indices=kv_indices, num_kv_splits=num_kv_splits, **window
         )
     return result
 

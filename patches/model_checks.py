@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 
-from raas_sglang.patches import tensor_parallel
+from raas_sglang.patches import runtime, tensor_parallel
 from raas_sglang.patches.server_args import config_of
 from raas_sglang.refusal_context import arg
 from raas_sglang.refusals import AttnLayer, Loaded, VersionMismatch, loaded_refusal
@@ -90,13 +90,17 @@ def loaded_view(scheduler) -> Loaded:
 def scheduler_init(result, self, *args, **kwargs):
     """AFTER hook on `Scheduler.__init__`, on every server (a dense one only takes part in the ranks' check)."""
     config = config_of(self.server_args)
-    refused = loaded_refusal(loaded_view(self)) if config.enabled else None
+    loaded = loaded_view(self) if config.enabled else None
+    refused = loaded_refusal(loaded) if loaded is not None else None
     # NOTE: under tensor parallel every rank exchanges its settings and verdict before any rank raises: a rank that
     # raised alone would leave the others waiting in the next collective (nodes launch with their own flags)
     tensor_parallel.check_settings_agree(config, int(self.server_args.tp_size or 1), refused)
     if refused is not None:
         logger.error("raas_sglang: %s", refused)
         raise ModelRefused(f"raas_sglang: {refused}")
+    rt = runtime.get() if loaded is not None else None
+    if rt is not None:
+        rt.windowed = any(layer.window > 0 for layer in loaded.layers)
     return result
 
 

@@ -16,6 +16,7 @@ from raas_sglang.config import RaasConfig
 from raas_sglang.policies import DENSE
 
 SUPPORTED_BACKENDS = frozenset({"torch_native", "triton", "flashinfer"})
+WINDOW_BACKENDS = frozenset({"torch_native", "triton"})  # those on which RaaS applies a layer's sliding window
 # the KV pool and allocator classes whose pages RaaS frees: one per-head K and V buffer per layer (MHA), or one
 # latent buffer per layer (MLA: c_KV then k_pe, one "head"; V is a view of c_KV), behind one paged allocator (read
 # by class name from what SGLang built; anything else, a DSA pool included, is refused after load)
@@ -169,7 +170,7 @@ class Loaded(Fields):
     @property
     def window_backends(self) -> str:
         """The backends that would run a windowed layer without RaaS applying its window, in words."""
-        return ", ".join(sorted(self.backends - {"torch_native"})) or "an unknown"
+        return ", ".join(sorted(self.backends - WINDOW_BACKENDS)) or "an unknown"
 
     @property
     def native_features(self) -> str:
@@ -205,7 +206,8 @@ class Loaded(Fields):
     def kernel_features(self) -> str:
         """The model features the plugin's triton decode kernel does not apply, in words ('' when none)."""
         names = {"logit capping": lambda x: x.logit_cap > 0, "attention sinks": lambda x: x.sinks,
-                 "scaled KV": lambda x: x.scaled_kv, "xai temperature": lambda x: x.xai_temperature}
+                 "scaled KV": lambda x: x.scaled_kv, "xai temperature": lambda x: x.xai_temperature,
+                 "sliding windows": lambda x: x.window > 0}
         return ", ".join(name for name, has in names.items() if any(has(x) for x in self.layers))
 
 

@@ -32,8 +32,8 @@ from typing import NamedTuple
 from raas_sglang import config as cfg
 from raas_sglang.refusal_requests import REQUEST, refuse_request, request_refusal  # noqa: F401  (re-exported)
 from raas_sglang.refusal_context import (  # noqa: F401  (re-exported: the registry's public names)
-    SUPPORTED_ALLOCATORS, SUPPORTED_BACKENDS, SUPPORTED_POOLS, AttnLayer, Loaded, Refusal, Request, Startup,
-    VersionMismatch, above_one, arg, decode_graphs, flag_set, full_prefill_graphs, pd_mode, show,
+    SUPPORTED_ALLOCATORS, SUPPORTED_BACKENDS, SUPPORTED_POOLS, WINDOW_BACKENDS, AttnLayer, Loaded, Refusal, Request,
+    Startup, VersionMismatch, above_one, arg, decode_graphs, flag_set, full_prefill_graphs, pd_mode, show,
 )
 
 
@@ -176,10 +176,14 @@ STARTUP = (
             "Qwen3.5, Nemotron-H, Falcon-H1, Mamba, ...)",
             "hybrid linear-attention or state-space models (their layers keep a recurrent state, not pages); use "
             "--kv-policy dense for this model", lambda s: s.linear_attention or s.attention_arch == "SSM", model=True),
-    Refusal("startup.sliding-window-model", "SGLang builds a hybrid sliding-window pool for the model, or the "
-            "model has chunked attention",
-            "sliding-window or chunked-attention models; use --kv-policy dense for this model",
-            lambda s: bool(s.model.is_hybrid_swa or s.model.attention_chunk_size), model=True),
+    Refusal("startup.sliding-window-model", "SGLang would build a hybrid sliding-window pool for the model "
+            "(gpt-oss, ...): window layers and full layers in two pools",
+            "a hybrid sliding-window KV pool (RaaS frees pages of one pool); add --disable-hybrid-swa-memory (one "
+            "pool: RaaS applies the windows to the resident tokens), or use --kv-policy dense for this model",
+            lambda s: bool(s.model.is_hybrid_swa and not s.model.attention_chunk_size), model=True),
+    Refusal("startup.chunked-attention-model", "the model has chunked attention (Llama 4)",
+            "chunked-attention models; use --kv-policy dense for this model",
+            lambda s: bool(s.model.attention_chunk_size), model=True),
     Refusal("startup.encoder-decoder-model", "the model is an encoder-decoder",
             "encoder-decoder models; use --kv-policy dense for this model",
             lambda s: bool(s.model.is_encoder_decoder), model=True),
@@ -205,17 +209,18 @@ LOADED = (
             lambda x: x.allocator_page_size != x.page_size),
     Refusal("loaded.sliding-window", "an attention layer of the loaded model has a sliding window (Gemma 3, "
             "OLMo 3, EXAONE 4, gpt-oss with `--disable-hybrid-swa-memory`, ...) and a backend other than "
-            "torch_native would run it",
+            "torch_native or triton would run it",
             "sliding-window attention ({windowed}) on {window_backends} backend (RaaS applies a layer's window to "
-            "the resident tokens on torch_native only); use --attention-backend torch_native, or --kv-policy dense "
-            "for this model", lambda x: bool(x.windowed) and x.backends != {"torch_native"}),
+            "the resident tokens on torch_native and triton only); use --attention-backend triton or "
+            "torch_native, or --kv-policy dense for this model",
+            lambda x: bool(x.windowed) and (not x.backends or bool(x.backends - WINDOW_BACKENDS))),
     Refusal("loaded.torch-native-features", "torch_native would run a model with logit soft-capping (Gemma 2, "
             "Grok), attention sinks or xai temperature",
             "{native_features} on torch_native (SGLang's torch_native attention does not apply it, so no budget "
             "could be exact to the model); use --kv-policy dense for this model",
             lambda x: bool(x.native_features) and "torch_native" in x.backends),
     Refusal("loaded.exact-kernel-features", "`--raas-score exact` on triton for a model with logit capping, "
-            "attention sinks, scaled KV or xai temperature",
+            "attention sinks, scaled KV, xai temperature or sliding windows",
             "--raas-score exact on triton for a model with {kernel_features} (the plugin's decode kernel does not "
             "apply them); use --raas-score quest", lambda x: x.config.exact_kernel and bool(x.kernel_features)),
 )

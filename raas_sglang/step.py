@@ -50,6 +50,23 @@ class ResidentTable:
         out.scatter_(0, dest.reshape(-1), self.slots.reshape(-1))
         return indptr, out[:total]
 
+    def window_ragged(self, lo: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(kv_indptr [bs + 1] int32, kv_indices [sum m] int64): a sliding-window layer's lists, each row's resident
+        slots at logical positions >= lo [bs] int64 (a suffix of its columns, since positions ascend). `width`: the
+        most positions a window holds (lo >= seq_len - width), so the buffer is sized from the host, no sync.
+        NOTE: a hole inside the window is simply absent (the upstream lists would read its padding slot)."""
+        cols = torch.arange(self.slots.shape[1], device=self.slots.device)  # [n_max]
+        inside = (cols[None, :] < self.n[:, None]) & (self.pos >= lo[:, None])  # [bs, n_max] a suffix of [0, n)
+        m = inside.sum(dim=1)  # [bs]
+        indptr = torch.zeros(len(self.n) + 1, dtype=torch.int32, device=self.n.device)
+        indptr[1:] = torch.cumsum(m, dim=0)
+        total = int(np.minimum(self.n_host, width).sum())  # >= sum(m)
+        dest = indptr[:-1, None].to(torch.int64) + cols[None, :] - (self.n - m)[:, None]  # [bs, n_max]
+        dest = torch.where(inside, dest, torch.full_like(dest, total))
+        out = torch.empty(total + 1, dtype=torch.int64, device=self.slots.device)
+        out.scatter_(0, dest.reshape(-1), self.slots.reshape(-1))
+        return indptr, out[:total]
+
 
 def prompt_window(state: RaasState, rows: torch.Tensor, seq_lens: torch.Tensor, host_rows: np.ndarray | None = None):
     """(pin_end, (a, b)) [bs] int64: the end of each row's pinned region and the pinned positions it attends,
@@ -196,6 +213,7 @@ class PageScores:
         self.ranks = ranks
         self.partial: list[torch.Tensor] = []  # ranks > 1: each layer's [bs, L] float32 partial score
         pages = state.pages[rows]  # [bs, L]
+        self.pages = pages  # [bs, L] int64 logical page ids (EMPTY where none)
         self.valid = pages != EMPTY  # [bs, L] bool
         self.acc = torch.zeros(pages.shape, dtype=torch.float32, device=pages.device)  # [bs, L]
         self.phys = None  # [bs, L] int64 physical page ids (Quest scoring only)
@@ -246,10 +264,16 @@ class PageScores:
             per_slot = per_head.amax(dim=1)
         self.fold(per_slot[:, :L])
 
-    def add_bounds(self, bounds: PageKeyBounds, layer: int, q: torch.Tensor, sm_scale: float) -> None:
-        """q [bs, q_heads, d]: this layer's Quest estimate of each resident page's share (`page_shares`)."""
+    def add_bounds(self, bounds: PageKeyBounds, layer: int, q: torch.Tensor, sm_scale: float,
+                   lo: torch.Tensor | None = None) -> None:
+        """q [bs, q_heads, d]: this layer's Quest estimate of each resident page's share (`page_shares`). lo [bs]
+        int64: a sliding-window layer attends no position below it, so a page wholly below gets no share (as its
+        exact mass would be 0)."""
         u = bounds.head_scores(layer, q, self.phys, sm_scale)
-        self.fold(page_shares(u, self.valid, self.heads))
+        valid = self.valid
+        if lo is not None:
+            valid = valid & ((self.pages + 1) * bounds.page_size > lo[:, None])
+        self.fold(page_shares(u, valid, self.heads))
 
     def kernel_target(self) -> tuple[torch.Tensor, bool]:
         """(mass [bs, L] float32, accumulate): where a kernel that emits page mass writes one layer's. Summing over

@@ -57,6 +57,7 @@ class Built(NamedTuple):
     sinks: bool = False
     flags: dict[str, Any] = {"kv_policy": "raas"}
     exact_kernel: bool = False
+    backends: tuple = ()  # the resolved attention backends (none: unknown, as a window row reads it)
 
 
 class Request(NamedTuple):
@@ -235,16 +236,10 @@ CASES = (
                 [*_RAAS, "--page-size", "1", "--mamba-radix-cache-strategy", "no_buffer", *_POOL],
                 _UNSUPPORTED + "hybrid linear-attention or state-space models"),
     ModelLaunch("gpt-oss", "startup.sliding-window-model", "gpt-oss", [*_RAAS, "--attention-backend", "triton", *_POOL],
-                _UNSUPPORTED + "sliding-window or chunked-attention models"),
-    ModelLaunch("gpt-oss-no-swa-pool", "loaded.sliding-window", "gpt-oss",
-                [*_RAAS, "--attention-backend", "triton", "--disable-hybrid-swa-memory", "--moe-runner-backend",
-                 "triton", "--disable-cuda-graph", *_POOL],
-                _UNSUPPORTED + "sliding-window attention (1 of 2 layers, window 31"),
-    ModelLaunch("llama4", "startup.sliding-window-model", "llama4", [*_RAAS, *_POOL],
-                _UNSUPPORTED + "sliding-window or chunked-attention models"),
-    ModelLaunch("gemma3-triton", "loaded.sliding-window", "gemma3", [*_RAAS, "--attention-backend", "triton", *_POOL],
-                _UNSUPPORTED + "sliding-window attention (5 of 6 layers, window 31) on triton backend (RaaS applies "
-                "a layer's window to the resident tokens on torch_native only"),
+                _UNSUPPORTED + "a hybrid sliding-window KV pool (RaaS frees pages of one pool); add "
+                "--disable-hybrid-swa-memory"),
+    ModelLaunch("llama4", "startup.chunked-attention-model", "llama4", [*_RAAS, *_POOL],
+                _UNSUPPORTED + "chunked-attention models"),
     ModelLaunch("gemma2", "loaded.torch-native-features", "gemma2", [*_RAAS, *_POOL],
                 _UNSUPPORTED + "logit soft-capping (2 of 2 layers, cap 50) on torch_native"),
     Built("dsa-pool", "loaded.kv-pool", _UNSUPPORTED + "the KV pool SGLang built for this model (DSATokenToKVPool "
@@ -256,10 +251,16 @@ CASES = (
     Built("allocator-page-size", "loaded.page-size", _UNSUPPORTED + "a page size of 64 tokens in SGLang's allocator "
           "(RaaS fixed 16", page_size=64),
     Built("window-layer", "loaded.sliding-window", _UNSUPPORTED + "sliding-window attention (1 of 2 layers, window "
-          "511", layers=({}, {"layer_id": 1, "sliding_window_size": 511})),
+          "511) on an unknown backend", layers=({}, {"layer_id": 1, "sliding_window_size": 511})),
+    Built("window-layer-flashinfer", "loaded.sliding-window", _UNSUPPORTED + "sliding-window attention (1 of 2 "
+          "layers, window 511) on flashinfer backend", layers=({}, {"layer_id": 1, "sliding_window_size": 511}),
+          backends=("flashinfer", "triton")),
     Built("exact-kernel-softcap", "loaded.exact-kernel-features", _UNSUPPORTED + "--raas-score exact on triton for "
           "a model with logit capping (the plugin's decode kernel", layers=({"logit_cap": 30.0},),
           flags={"kv_policy": "raas", "raas_score": "exact"}, exact_kernel=True),
+    Built("exact-kernel-window", "loaded.exact-kernel-features", _UNSUPPORTED + "--raas-score exact on triton for "
+          "a model with sliding windows", layers=({}, {"layer_id": 1, "sliding_window_size": 31}),
+          flags={"kv_policy": "raas", "raas_score": "exact"}, exact_kernel=True, backends=("triton",)),
     Built("exact-kernel-sinks", "loaded.exact-kernel-features", _UNSUPPORTED + "--raas-score exact on triton for "
           "a model with attention sinks", sinks=True, flags={"kv_policy": "raas", "raas_score": "exact"},
           exact_kernel=True),

@@ -50,16 +50,25 @@ def flush(server, timeout: float = 60) -> None:
         time.sleep(0.2)
 
 
-def hf_logprobs(model, ids: list[int], allowed: torch.Tensor) -> torch.Tensor:
+def hf_logprobs(model, ids: list[int], allowed: torch.Tensor, short: torch.Tensor | None = None) -> torch.Tensor:
     """log-softmax over the vocabulary at every position, with `allowed` [T, T] bool as the attention mask; a
-    model with sliding-window layers (Gemma 3) gets its window on top of it in those layers (query i sees keys
-    j > i - sliding_window), full layers `allowed` alone."""
+    model with sliding-window layers (Gemma 3, gpt-oss) gets its window on top of it in those layers (query i sees
+    keys j > i - sliding_window), full layers `allowed` alone. `short` [T] bool: the queries that see one key less
+    in a window layer (j > i - sliding_window + 1): those SGLang's triton backend decoded (its decode window is one
+    token shorter than its extend's and torch_native's). A model whose attention adds the mask (gpt-oss: eager,
+    with sinks) gets it as 0 / -inf."""
     mask = allowed[None, None]  # [1, 1, T, T]
     types = getattr(model.config, "layer_types", None) or []
     if "sliding_attention" in types:
         i = torch.arange(len(ids))
-        band = i[None, :] > i[:, None] - model.config.sliding_window  # [T, T]
+        width = torch.full((len(ids),), model.config.sliding_window)  # [T] keys a query sees in the window
+        if short is not None:
+            width -= short.long()
+        band = i[None, :] > i[:, None] - width[:, None]  # [T, T]
         mask = {"full_attention": mask, "sliding_attention": (allowed & band)[None, None]}
+    if model.config._attn_implementation == "eager":
+        additive = lambda m: torch.zeros(m.shape).masked_fill(~m, float("-inf"))  # noqa: E731
+        mask = {k: additive(m) for k, m in mask.items()} if isinstance(mask, dict) else additive(mask)
     with torch.no_grad():
         logits = model(torch.tensor([ids]), attention_mask=mask).logits[0]
     return torch.log_softmax(logits.float(), dim=-1)
@@ -86,11 +95,15 @@ def kept_mask(total: int, trace: list, window: tuple[int, int, int] | None = Non
     return mask
 
 
-def masked_reference_error(model, prompt: list[int], out: dict, dense: bool = False, window=None) -> float:
+def masked_reference_error(model, prompt: list[int], out: dict, dense: bool = False, window=None,
+                           triton: bool = False, decoded: tuple[int, int] | None = None) -> float:
     """Max |server log-prob - reference log-prob| over the output tokens; the reference attends to exactly the
     positions the server kept (from `meta_info.raas.trace`, and `window`: see `kept_mask`), or to everything with
     `dense`. A request resumed after retractions (`meta_info.raas.reprefills`) is checked one epoch at a time: the
-    tokens decoded after each resumption against a forward that replays that re-prefill's masks."""
+    tokens decoded after each resumption against a forward that replays that re-prefill's masks. `triton`: the
+    server decodes on triton, whose decode window is one token shorter (`hf_logprobs`' `short`: each epoch's
+    decoded positions, and `decoded` = (lo, hi), the prompt positions an earlier turn decoded, reused from the
+    tree)."""
     ids = prompt + out["output_ids"]
     raas = {} if dense else out["meta_info"]["raas"]
     trace = raas.get("trace", [])
@@ -100,7 +113,13 @@ def masked_reference_error(model, prompt: list[int], out: dict, dense: bool = Fa
     err = 0.0
     for e, (start, k) in enumerate(epochs):
         end = epochs[e + 1][0] if e + 1 < len(epochs) else len(ids)
-        lp = hf_logprobs(model, ids, kept_mask(len(ids), trace, None if dense else window, (start, k)))
+        short = None
+        if triton:
+            short = torch.zeros(len(ids), dtype=torch.bool)
+            short[start:] = True
+            if decoded is not None:
+                short[decoded[0]:decoded[1]] = True
+        lp = hf_logprobs(model, ids, kept_mask(len(ids), trace, None if dense else window, (start, k)), short)
         a, b = start - len(prompt), end - len(prompt)  # output tokens of this epoch
         ref = lp[start - 1 : end - 1].gather(1, tokens[a:b, None]).squeeze(1)
         err = max(err, (got[a:b] - ref).abs().max().item())

@@ -47,7 +47,7 @@ def test_built_case(case):
         config = dataclasses.replace(config, exact_kernel=True)
     layers = attention_layers(_model(c))
     pool_layers = tuple(x.layer_id for x in layers) if c.pool_layers is None else c.pool_layers
-    loaded = Loaded(config, c.pool, c.allocator, c.page_size, pool_layers, layers)
+    loaded = Loaded(config, c.pool, c.allocator, c.page_size, pool_layers, layers, frozenset(c.backends))
     message = loaded_refusal(loaded)
     assert message is not None and message.startswith(c.message) and "\n" not in message, message
 

@@ -122,31 +122,61 @@ def test_torch_native_batched_decode_and_exact_page_mass(seed, reduce, monkeypat
             assert cols and torch.isclose(acc[i, slot], want, atol=1e-6)
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_triton_backend_lists(seed, monkeypatch):
+def _triton_metadata(rt, req_to_token, rows, seq, window):
+    """The forward metadata the real `TritonAttnBackend` hook leaves, for a backend whose model has sliding-window
+    layers of `window` tokens (None: none)."""
     from sglang.srt.layers.attention.triton_backend import ForwardMetadata, TritonAttnBackend
 
-    rt, req_to_token, rows, seq = _evolve(seed)
-    monkeypatch.setattr(runtime, "_RUNTIME", rt)
     parts, batch = _fixtures(rt, req_to_token, rows, seq)
     backend = object.__new__(TritonAttnBackend)
     backend.__dict__.update(
         parts, static_kv_splits=False, device_core_count=132, enable_deterministic=False, split_tile_size=None,
-        max_kv_splits=8, num_head=8, num_kv_head=2,
+        max_kv_splits=8, num_head=8, num_kv_head=2, sliding_window_size=window,
     )
     bs = len(rows)
     stock = dict.fromkeys(f.name for f in __import__("dataclasses").fields(ForwardMetadata))
     backend.forward_metadata = ForwardMetadata(**{
         **stock, "num_kv_splits": torch.empty(bs, dtype=torch.int32), "uneven_batch": torch.zeros(1, dtype=torch.int32),
-        "kv_indptr": "stock", "kv_indices": "stock",
+        "kv_indptr": "stock", "kv_indices": "stock", "window_kv_indptr": "stock", "window_kv_indices": "stock",
     })
     attention_triton.init_forward_metadata(None, backend, batch)
+    return backend
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_triton_backend_lists(seed, monkeypatch):
+    rt, req_to_token, rows, seq = _evolve(seed)
+    monkeypatch.setattr(runtime, "_RUNTIME", rt)
+    backend = _triton_metadata(rt, req_to_token, rows, seq, None)
     md = backend.forward_metadata
     assert md.kv_indptr.dtype == torch.int32 and md.kv_indices.dtype == torch.int64
     assert _split(md.kv_indptr, md.kv_indices) == _expected(rt, req_to_token, rows, seq)
-    want = torch.empty(bs, dtype=torch.int32)
+    assert md.window_kv_indices == "stock"  # no window: upstream's (unused) window lists untouched
+    want = torch.empty(len(rows), dtype=torch.int32)
     backend.get_num_kv_splits(want, rt.forward.table.n, torch.zeros(1, dtype=torch.int32))
     assert torch.equal(md.num_kv_splits, want)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("window", [3, 7, 13])
+def test_triton_window_lists(seed, window, monkeypatch):
+    """A sliding-window layer's lists hold the resident slots of the last `window` positions (upstream's triton
+    decode window, `update_sliding_window_buffer`: [seq_len - window, seq_len)), without the holes; a row without a
+    hole there gets upstream's list exactly."""
+    rt, req_to_token, rows, seq = _evolve(seed)
+    monkeypatch.setattr(runtime, "_RUNTIME", rt)
+    md = _triton_metadata(rt, req_to_token, rows, seq, window).forward_metadata
+    got = _split(md.window_kv_indptr, md.window_kv_indices)
+    assert md.window_kv_indptr.dtype == torch.int32 and md.window_kv_indices.dtype == torch.int64
+    assert _split(md.kv_indptr, md.kv_indices) == _expected(rt, req_to_token, rows, seq)
+    holey = 0
+    for lst, full, r, s in zip(got, _expected(rt, req_to_token, rows, seq), rows.tolist(), seq.tolist()):
+        tail = [int(t) for t in req_to_token[r, max(0, s - window):s]]  # upstream's list (holes read slot 0)
+        assert lst == [t for t in full if t in set(tail)]
+        if 0 not in tail:
+            assert lst == tail
+        holey += 0 in tail
+    assert holey or window == 3  # the cases cross holes
 
 
 class _RecordingWrapper:

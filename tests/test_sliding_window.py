@@ -6,11 +6,13 @@ in tests/test_model_matrix.py ([gemma3], [gemma3-triton], [gemma2])."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 
 from conftest import STRICT_ENV, serve
-from raas_helpers import bound, gen_policies, masked_reference_error, streaming_window
+from raas_helpers import bound, flush, gen, gen_policies, masked_reference_error, streaming_window
 from raas_sglang.dev import family_models
 
 PROMPT = [1] + list(range(30, 70))  # 41 tokens: pinned pages 0..2
@@ -40,3 +42,81 @@ def test_windowed_retraction_and_policies(tmp_path):
             assert masked_reference_error(hf, PROMPT, out, window=window) < 1e-3, policy
     finally:
         srv.stop()
+
+
+# -- triton: one KV pool, window lists rebuilt from the resident set -------------------------------------------------
+
+TRITON = ("--kv-policy", "raas", "--raas-budget", "256", "--attention-backend", "triton", "--chunked-prefill-size",
+          "128", "--disable-cuda-graph")
+TRITON_FAMILIES = {
+    # SGLang turns Gemma 3's hybrid pool off itself; gpt-oss needs it off (its hybrid pool is refused at startup)
+    "gemma3": (),
+    "gpt-oss": ("--disable-hybrid-swa-memory", "--moe-runner-backend", "triton"),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(TRITON_FAMILIES))
+def windowed_triton(request, tmp_path_factory):
+    """(name, server, HF model): a `--kv-policy raas` server on triton (Quest scores) for the family's tiny model,
+    under the Triton interpreter."""
+    from transformers import AutoModelForCausalLM
+
+    path = family_models.build(request.param)
+    srv = serve(path, *TRITON, *TRITON_FAMILIES[request.param], tmp=tmp_path_factory.mktemp(request.param),
+                env={**STRICT_ENV, "TRITON_INTERPRET": "1"})
+    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    yield request.param, srv, hf
+    srv.stop()
+
+
+def _info(srv) -> dict:
+    return srv.get("/get_server_info")["internal_states"][0]["raas"]
+
+
+@pytest.mark.slow
+def test_triton_window_exact_without_eviction(windowed_triton):
+    """budget >= output: token-identical to a dense request in the same batch, nothing evicted."""
+    name, srv, _ = windowed_triton
+    with ThreadPoolExecutor(2) as ex:  # one batch
+        raas, dense = ex.map(lambda c: gen(srv, PROMPT, 40, **c), ({"raas_budget": 256}, {"kv_policy": "dense"}))
+    assert raas["meta_info"]["raas"]["evicted_pages"] == 0
+    assert raas["output_ids"] == dense["output_ids"], name
+
+
+@pytest.mark.slow
+def test_triton_window_bounded_and_masked_exact(windowed_triton):
+    """With evictions (holes inside the window layers' 31 tokens too): the allocator's low-water mark is exactly
+    the bound, and the log-probs equal the HF model masked to what the server kept, with triton's decode window
+    (one token shorter than the model's: upstream's own)."""
+    name, srv, hf = windowed_triton
+    flush(srv)
+    pool = _info(srv)
+    outs = gen_policies(srv, PROMPT, 100, ("raas", "h2o", "streaming"), BUDGET)
+    low = _info(srv)["kv_free_low_water_tokens"]
+    assert pool["free_tokens"] - low <= 3 * bound(len(PROMPT), BUDGET), name
+    for out in outs:
+        raas = out["meta_info"]["raas"]
+        assert raas["evicted_pages"] >= 4 and raas["peak_kv_tokens"] == bound(len(PROMPT), BUDGET), (name, raas)
+        window = streaming_window(len(PROMPT), BUDGET, raas["policy"])
+        assert masked_reference_error(hf, PROMPT, out, window=window, triton=True) < 1e-3, (name, raas["policy"])
+        assert masked_reference_error(hf, PROMPT, out, dense=True, triton=True) > 1e-3, name
+
+
+@pytest.mark.slow
+def test_triton_window_second_turn_and_leak_free(windowed_triton):
+    """A second turn reuses the first turn's full pages from the tree (`cached_tokens`) and equals the HF model;
+    once idle every slot is free or in the tree, and a flush frees everything."""
+    name, srv, hf = windowed_triton
+    flush(srv)
+    first = gen(srv, PROMPT, 24, raas_budget=256)
+    history = PROMPT + first["output_ids"]  # 65 tokens: 4 full pages the tree can hold
+    second = gen(srv, history + [5, 6, 7], 8, raas_budget=256)
+    assert second["meta_info"]["cached_tokens"] == (len(history) // 16) * 16, name
+    # NOTE: the first turn decoded positions 41..63 (one window key less), reused as they are
+    assert masked_reference_error(hf, history + [5, 6, 7], second, dense=True, triton=True,
+                                  decoded=(len(PROMPT), 64)) < 1e-3, name
+    info = _info(srv)
+    assert info["free_tokens"] + info["evictable_tokens"] == info["pool_tokens"], info
+    flush(srv)
+    flushed = _info(srv)
+    assert flushed["free_tokens"] == flushed["pool_tokens"] and flushed["evictable_tokens"] == 0, name

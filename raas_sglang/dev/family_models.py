@@ -29,6 +29,7 @@ class Family(NamedTuple):
     model_class: str  # its causal-LM class
     fields: dict[str, Any]  # beyond BASE
     extras: dict[str, Any] = {}  # written into config.json after save (what SGLang reads that transformers lacks)
+    bf16: tuple[str, ...] = ()  # parameters (by name suffix) SGLang keeps in bfloat16: their values rounded to it
 
 
 FAMILIES: dict[str, Family] = {
@@ -67,9 +68,11 @@ FAMILIES: dict[str, Family] = {
                                                     original_max_position_embeddings=4096, beta_fast=32,
                                                     beta_slow=1, mscale=1.0, mscale_all_dim=1.0)),
                           extras=dict(moe_layer_freq=1, topk_method="noaux_tc", scoring_func="sigmoid")),
+    # NOTE: SGLang holds gpt-oss's attention sinks in bfloat16 on every backend but trtllm_mha (as the checkpoints
+    # ship them): rounded here, a float32 server computes what transformers does
     "gpt-oss": Family("GptOssConfig", "GptOssForCausalLM",
                       dict(head_dim=16, num_local_experts=4, num_experts_per_tok=2, sliding_window=32,
-                           layer_types=["sliding_attention", "full_attention"])),
+                           layer_types=["sliding_attention", "full_attention"]), bf16=("self_attn.sinks",)),
     "llama4": Family("Llama4TextConfig", "Llama4ForCausalLM",
                      dict(head_dim=16, attention_chunk_size=64, num_local_experts=2, num_experts_per_tok=1,
                           intermediate_size_mlp=176, interleave_moe_layer_step=2)),
@@ -102,6 +105,9 @@ def build(name: str, force: bool = False) -> Path:
         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, initializer_range=0.25, torch_dtype="float32")
     torch.manual_seed(0)
     model = getattr(transformers, family.model_class)(config).to(torch.float32).eval()
+    for name, param in model.named_parameters():
+        if name.endswith(family.bf16):
+            param.data = param.data.to(torch.bfloat16).to(torch.float32)
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     if family.extras:
