@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from raas_sglang.host import HostBatch, check_mirror, host_batch, to_device
-from raas_sglang.patches import runtime
+from raas_sglang.patches import reprefill_attention, runtime
 from raas_sglang.step import (
     DecodeStep, PageScores, attends_subset, build_table, prompt_window, quest_keep, resident_lengths, selection_ends,
 )
@@ -218,6 +218,10 @@ def layer_hooks(cls_path: str, kind: Backend) -> tuple:
     def forward_extend(orig, self, q, k, v, layer, forward_batch, *a, **kw):
         out = orig(self, q, k, v, layer, forward_batch, *a, **kw)
         rt = runtime.get()
+        if (kind is Backend.TRITON and (layer.sliding_window_size or -1) > -1
+                and reprefill_attention.holey_extend(rt, forward_batch)):
+            sinks = kw.get("sinks", a[1] if len(a) > 1 else None)  # (save_kv_cache, sinks, ...)
+            reprefill_attention.triton_windowed_extend(rt, self, q, out, layer, forward_batch, sinks)
         if rt is not None and kind.needs_bounds(rt.config):
             rt.ensure_bounds(self.token_to_kv_pool)
             _fold_keys(rt, layer, forward_batch, k, self.token_to_kv_pool)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 
-from raas_sglang.patches import runtime, tensor_parallel
+from raas_sglang.patches import tensor_parallel
 from raas_sglang.patches.server_args import config_of
 from raas_sglang.refusal_context import arg
 from raas_sglang.refusals import AttnLayer, Loaded, VersionMismatch, loaded_refusal
@@ -98,9 +98,6 @@ def scheduler_init(result, self, *args, **kwargs):
     if refused is not None:
         logger.error("raas_sglang: %s", refused)
         raise ModelRefused(f"raas_sglang: {refused}")
-    rt = runtime.get() if loaded is not None else None
-    if rt is not None:
-        rt.windowed = any(layer.window > 0 for layer in loaded.layers)
     return result
 
 

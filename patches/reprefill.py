@@ -24,8 +24,7 @@ Upstream symbols hooked (sglang 0.5.23):
   the row with its snapshot; before the chunk that opens the last position's page, evict as a decode step would;
   after every allocation, the allocator's low-water mark and the row's peak (I4 covers re-prefills).
 - the extend attention of a resuming row skips its hole entries: `patches/reprefill_attention.py`.
-Other prefill backends (flashinfer, and triton for a model with sliding windows) keep SGLang's full re-prefill,
-trimmed after it (no snapshot is kept).
+Other prefill backends (flashinfer) keep SGLang's full re-prefill, trimmed after it (no snapshot is kept).
 """
 
 from __future__ import annotations
@@ -44,14 +43,11 @@ SUPPORTED_PREFILL = ("torch_native", "triton")
 
 
 def supported(rt: runtime.Runtime) -> bool:
-    """Whether this server's prefill backend can skip holes (read once from the resolved backends). NOTE: triton's
-    extend reads a sliding-window layer's prefix from window lists with offsets into its mask; RaaS does not rebuild
-    those, so a windowed model on triton keeps SGLang's full re-prefill (trimmed after, an epoch of the reference)."""
+    """Whether this server's prefill backend can skip holes (read once from the resolved backends)."""
     if rt.reprefill_ok is None:
         from sglang.srt.runtime_context import attention_backends
 
-        prefill = attention_backends()[0]
-        rt.reprefill_ok = prefill in SUPPORTED_PREFILL and not (rt.windowed and prefill == "triton")
+        rt.reprefill_ok = attention_backends()[0] in SUPPORTED_PREFILL
     return rt.reprefill_ok
 
 

@@ -7,12 +7,15 @@ Upstream symbols hooked (sglang 0.5.23):
   with `sliding_window_size` masks its window by logical positions instead (`windowed_extend`).
 - `sglang.srt.layers.attention.triton_backend.TritonAttnBackend.init_forward_metadata`, AFTER (extend only): the
   same, by dropping hole entries from the prefix `kv_indices` (registered with the triton seam's hooks on that
-  target, in one call: `patches/__init__.py`).
+  target, in one call: `patches/__init__.py`). A sliding-window layer reads its prefix from window lists instead
+  (with holes): its output is recomputed by `triton_windowed_extend`, called from the triton seam's
+  `forward_extend` hook (`attention.layer_hooks`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 
@@ -72,13 +75,17 @@ def run_sdpa_forward_extend(orig, self, query, output, k_cache, v_cache, req_to_
 
 
 def windowed_extend(query, output, k_cache, v_cache, req_to_token, rows: list[int], seq_lens: list[int],
-                    extend_lens: list[int], holey: set[int], ps: int, window: int, scaling, enable_gqa: bool):
+                    extend_lens: list[int], holey: set[int], ps: int, window: int, scaling, enable_gqa: bool,
+                    sinks: torch.Tensor | None = None):
     """A sliding-window layer's extend over rows with holes: compacting the rows (above) would bring keys before a
     hole closer than they are, so each row attends its non-hole slots under a mask of their logical positions, as
-    upstream masks a window (the query at p attends [p - window, p]). query/output [tokens, heads, d]; k_cache,
-    v_cache [slots, kv_heads, d]."""
+    upstream's extend masks a window (the query at p attends [p - window, p]; torch_native and triton alike).
+    query/output [tokens, heads, d]; k_cache, v_cache [slots, kv_heads, d]; sinks [heads] (gpt-oss): one more
+    logit per head in each softmax, attending nothing (as upstream's kernels apply it)."""
     from torch.nn.functional import scaled_dot_product_attention
 
+    if sinks is not None:
+        scaled_dot_product_attention = functools.partial(_sdpa_with_sinks, sinks=sinks)
     start = 0
     for row, n, ext in zip(rows, seq_lens, extend_lens):
         toks = req_to_token[row, :n].to(torch.int64)  # [n] slots
@@ -94,6 +101,37 @@ def windowed_extend(query, output, k_cache, v_cache, req_to_token, rows: list[in
         output[start:start + ext] = out.movedim(1, 0)
         start += ext
     return output
+
+
+def _sdpa_with_sinks(q, k, v, attn_mask, scale, enable_gqa, sinks):
+    """`scaled_dot_product_attention` with a sink logit per head. q [1, heads, ext, d]; k, v [1, kv_heads, m, d];
+    attn_mask [ext, m] bool; sinks [heads]."""
+    if enable_gqa:
+        k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))
+    logits = (q @ k.transpose(-1, -2)) * (scale if scale is not None else q.shape[-1] ** -0.5)  # [1, h, ext, m]
+    logits = logits.masked_fill(~attn_mask, float("-inf"))
+    sink = sinks.to(logits.dtype)[None, :, None, None].expand(*logits.shape[:3], 1)  # [1, h, ext, 1]
+    probs = torch.softmax(torch.cat([logits, sink], dim=-1), dim=-1)[..., :-1]
+    return probs @ v  # [1, h, ext, dv]
+
+
+def triton_windowed_extend(rt: runtime.Runtime, backend, q, out, layer, forward_batch, sinks=None) -> None:
+    """After triton's extend of a sliding-window layer in a forward re-prefilling rows with holes: its window lists
+    (`update_sliding_window_buffer`, the last tokens of each row) would read the holes' padding slot, so the
+    layer's output is recomputed here over the non-hole slots (`windowed_extend`) and written over it. The KV write
+    stays upstream's. q [tokens, heads * d]; out [tokens, heads * dv]."""
+    heads, d, dv = layer.tp_q_head_num, layer.qk_head_dim, layer.v_head_dim
+    pool = backend.token_to_kv_pool
+    windowed_extend(q.reshape(-1, heads, d), out.view(-1, heads, dv), pool.get_key_buffer(layer.layer_id),
+                    pool.get_value_buffer(layer.layer_id), backend.req_to_token_pool.req_to_token,
+                    forward_batch.req_pool_indices.tolist(), forward_batch.seq_lens.tolist(),
+                    forward_batch.extend_seq_lens.tolist(), set(rt.reprefilling), rt.config.page_size,
+                    layer.sliding_window_size, layer.scaling, heads != layer.tp_k_head_num, sinks)
+
+
+def holey_extend(rt: runtime.Runtime | None, forward_batch) -> bool:
+    """Whether this is an extend forward re-prefilling a row with holes."""
+    return forward_batch.forward_mode.is_extend() and _holey_rows(rt, forward_batch.req_pool_indices)
 
 
 def triton_init_forward_metadata(result, self, forward_batch):

@@ -55,7 +55,6 @@ class Runtime:
         self.reprefilling: dict[int, Reprefill] = {}  # row -> its re-prefill in progress (patches/reprefill.py)
         self.traced = 0  # admitted rows with `raas_trace` on
         self.reprefill_ok: bool | None = None  # whether the prefill backend can skip holes (reprefill.supported)
-        self.windowed = False  # the loaded model has sliding-window layers (patches/model_checks.py)
         self.req_to_token: torch.Tensor | None = None  # SGLang's [rows, context] request-to-slot map
         self.peak: torch.Tensor | None = None  # [rows] int64 each row's peak KV tokens (device; read at finish)
         self.step_host: HostBatch | None = None  # the decode batch just allocated, on the host (for its forward)

@@ -120,3 +120,30 @@ def test_triton_window_second_turn_and_leak_free(windowed_triton):
     flush(srv)
     flushed = _info(srv)
     assert flushed["free_tokens"] == flushed["pool_tokens"] and flushed["evictable_tokens"] == 0, name
+
+
+@pytest.mark.slow
+def test_triton_window_retraction_resumes_bounded_and_exact(tmp_path):
+    """gpt-oss on triton through retractions (SGLang retracts every 37 decode steps): each request with evictions
+    resumes by recomputing only its pinned prompt and kept pages; the window layers' extend over the holes is
+    recomputed by logical position, with the sinks (`reprefill_attention.triton_windowed_extend`); each stays within
+    its bound and equals the reference replaying each re-prefill's masks."""
+    from transformers import AutoModelForCausalLM
+
+    path = family_models.build("gpt-oss")
+    srv = serve(path, *TRITON, *TRITON_FAMILIES["gpt-oss"], tmp=tmp_path,
+                env={**STRICT_ENV, "TRITON_INTERPRET": "1", "SGLANG_TEST_RETRACT": "1",
+                     "SGLANG_TEST_RETRACT_INTERVAL": "37"})
+    try:
+        hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        policies = ("raas", "h2o")  # SGLang retracts only from a batch of more than one
+        outs = gen_policies(srv, PROMPT, 100, policies, BUDGET)
+        assert any(o["meta_info"]["raas"]["bounded_reprefills"] for o in outs), [o["meta_info"] for o in outs]
+        for out in outs:
+            raas = out["meta_info"]["raas"]
+            assert raas["evicted_pages"] >= 4 and raas["peak_kv_tokens"] <= bound(len(PROMPT), BUDGET), raas
+            assert masked_reference_error(hf, PROMPT, out, triton=True) < 1e-3, raas["policy"]
+        info = _info(srv)
+        assert info["free_tokens"] + info["evictable_tokens"] == info["pool_tokens"], info
+    finally:
+        srv.stop()
