@@ -16,6 +16,7 @@ Seams (one module each; each names the upstream symbols it hooks):
 - `attention`: the torch-native backend reads resident tokens only; page key bounds and page scores.
 - `attention_triton`, `attention_flashinfer`: the same resident set as kv_indptr/kv_indices for those backends.
 - `radix`: hole-aware radix inserts, row frees and pool accounting.
+- `swa_pool`: the hybrid sliding-window pool (gpt-oss): SGLang's window sweep steps over holes; SWA accounting.
 - `api`: per-request validation (HTTP 400), `meta_info["raas"]`, `/get_server_info`, metrics, the decode log.
 - `cpu_parallel`: several ranks on SGLang's CPU engine (thread binding per rank, no PyNccl), any policy.
 - `disaggregation`: a RaaS decode server of PD disaggregation resumes a retracted request within its bound.
@@ -61,7 +62,7 @@ def _register_all(hooks) -> None:
     from raas_sglang.patches import (
         admission, api, attention, attention_flashinfer, attention_triton, cpu_disaggregation, cpu_parallel,
         disaggregation, failpoints, model_checks, overlap, pool_sizing, radix, reprefill, reprefill_attention,
-        requests, schedule, server_args, startup_checks,
+        requests, schedule, server_args, startup_checks, swa_pool,
     )
     from raas_sglang.patches.lazy import register_hooks_when_imported
 
@@ -74,7 +75,7 @@ def _register_all(hooks) -> None:
             register_hooks_when_imported(module, module_hooks)
     else:
         for module in (cpu_parallel, pool_sizing, model_checks, requests, schedule, admission, attention, radix,
-                       reprefill, reprefill_attention, disaggregation, cpu_disaggregation):
+                       swa_pool, reprefill, reprefill_attention, disaggregation, cpu_disaggregation):
             hooks.register(module.HOOKS)
         failpoints.install()  # test-only: a no-op unless RAAS_TEST_FAULT is set
         hooks.register(api.SCHEDULER_HOOKS)

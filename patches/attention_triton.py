@@ -23,8 +23,9 @@ Upstream symbols hooked (sglang 0.5.23, `sglang/srt/layers/attention/triton_back
 - `forward_decode` / `forward_extend`, AROUND: key folding and Quest page scoring (`attention.layer_hooks`).
 
 NOTE: CUDA-graph decode is refused at startup under RaaS (a startup refusal), so the eager path above is
-the only decode path. The hybrid sliding-window pool (`SWAKVPool`) is refused at startup, so window lists hold
-full-pool slots, as the resident table does.
+the only decode path. On the hybrid sliding-window pool (`SWAKVPool`, gpt-oss's default) window layers keep their
+KV in their own pool: the window lists hold the SWA twins of the resident slots (`full_to_swa_index_mapping`;
+every slot inside a window has a live twin: SGLang's sweep keeps at least the window behind the tail).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import functools
 
 import torch
 
-from raas_sglang.patches import attention, runtime
+from raas_sglang.patches import attention, runtime, swa_pool
 from raas_sglang.step import DecodeStep
 
 MODULE = "sglang.srt.layers.attention.triton_backend"
@@ -105,7 +106,9 @@ def init_forward_metadata(result, self, forward_batch):
         window = {}
         if self.sliding_window_size is not None and self.sliding_window_size > 0:
             width = int(self.sliding_window_size)  # NOTE: upstream's decode window is the last `width` tokens
-            w_indptr, w_indices = fwd.table.window_ragged(fwd.seq_lens - width, width)  # [bs + 1], [sum m]
+            # NOTE: on a hybrid pool window layers read their own pool: the SWA twins of the slots
+            mapping = swa_pool.window_mapping(getattr(self, "token_to_kv_pool", None))
+            w_indptr, w_indices = fwd.table.window_ragged(fwd.seq_lens - width, width, mapping)  # [bs + 1], [sum m]
             window = dict(window_kv_indptr=w_indptr, window_kv_indices=w_indices)
         self.forward_metadata = dataclasses.replace(
             md, kv_indptr=kv_indptr, kv_indices=kv_indices, num_kv_splits=num_kv_splits, **window

@@ -5,7 +5,7 @@ and for a re-prefilled request's adopted decode pages. The decision itself is th
 dispatching to each row's policy).
 
 Upstream symbols used (not hooked): `PagedTokenToKVPoolAllocator.free_page_ids(page_ids)` (sglang 0.5.23,
-`mem_cache/allocator/paged.py`) and the request-to-token map `ReqToTokenPool.req_to_token`.
+`mem_cache/allocator/paged.py`; a hybrid sliding-window allocator frees through `patches/swa_pool.py`) and the request-to-token map `ReqToTokenPool.req_to_token`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import torch
 
 from raas_sglang.core import EMPTY
 from raas_sglang.host import HostBatch, to_device
+from raas_sglang.patches import swa_pool
 from raas_sglang.patches.runtime import Runtime
 
 logger = logging.getLogger("raas_sglang")
@@ -68,7 +69,10 @@ def evict(rt: Runtime, rows: torch.Tensor, positions: torch.Tensor, req_to_token
     if n_lost:  # the rare broken case: drop the lost rows from what is freed (boolean masks: syncs)
         v_rows, v_pages, first_slots = v_rows[~lost], v_pages[~lost], first_slots[~lost]
     if len(v_rows):
-        free_pages(allocator, first_slots // ps, known_nonzero=True)
+        if swa_pool.is_hybrid(allocator):  # NOTE: whole pages, with their live SWA twins (patches/swa_pool.py)
+            swa_pool.free_victims(allocator, first_slots, ps)
+        else:
+            free_pages(allocator, first_slots // ps, known_nonzero=True)
         cols = v_pages[:, None] * ps + torch.arange(ps, device=rows.device)  # [m', ps] logical positions
         req_to_token[v_rows[:, None], cols] = 0
     rt.state.evict(victims)  # NOTE: lost rows too: their page becomes a hole

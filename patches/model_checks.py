@@ -69,6 +69,17 @@ def _layer(attn, sinks: bool) -> AttnLayer:
                               "refusing to serve without checking the model") from None
 
 
+def pool_name(pool) -> str:
+    """The pool's class name; a hybrid sliding-window pool reads `SWAKVPool` only when both its sub-pools are
+    per-head (`SWAKVPool(<full>, <window>)` otherwise, which no refusal row supports)."""
+    name = type(pool).__name__
+    full, swa = getattr(pool, "full_kv_pool", None), getattr(pool, "swa_kv_pool", None)
+    if full is None and swa is None:
+        return name
+    parts = (type(full).__name__, type(swa).__name__)
+    return name if parts == ("MHATokenToKVPool", "MHATokenToKVPool") else f"{name}({', '.join(parts)})"
+
+
 def loaded_view(scheduler) -> Loaded:
     """What the loaded rows read, from a scheduler whose model runner is built."""
     runner = scheduler.tp_worker.model_runner
@@ -83,7 +94,7 @@ def loaded_view(scheduler) -> Loaded:
     if not backends:  # NOTE: the backend rows would read nothing: stop rather than serve unchecked
         raise VersionMismatch("raas_sglang: SGLang resolved no attention backend (is this SGLang 0.5.23?); "
                               "refusing to serve without checking what the backend applies")
-    return Loaded(config_of(args), type(pool).__name__, type(allocator).__name__, int(allocator.page_size),
+    return Loaded(config_of(args), pool_name(pool), type(allocator).__name__, int(allocator.page_size),
                   pool_layers, attention_layers(runner.model), frozenset(backends))
 
 

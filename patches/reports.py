@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from raas_sglang.patches import swa_pool
 from raas_sglang.patches.rows import RowInfo
 from raas_sglang.patches.runtime import Runtime
 
@@ -13,12 +14,17 @@ def server_summary(rt: Runtime) -> dict:
     the pool size when no request holds KV (no leak, I3)."""
     pool = {}
     if rt.allocator is not None:
+        full = swa_pool.full_counts(rt.allocator)  # a hybrid sliding-window pool: its full-layer side
         pool = {
-            "free_tokens": int(rt.allocator.available_size()),
+            "free_tokens": full.free,
             "evictable_tokens": int(rt.tree_cache.evictable_size()),
             "protected_tokens": int(rt.tree_cache.protected_size()),
-            "pool_tokens": int(rt.allocator.size),
+            "pool_tokens": full.size,
         }
+        swa = swa_pool.swa_counts(rt.allocator)
+        if swa is not None:  # the window-layer side, SGLang's own (RaaS frees a victim's live twin with it)
+            pool.update(swa_free_tokens=swa.free, swa_evictable_tokens=int(rt.tree_cache.swa_evictable_size()),
+                        swa_pool_tokens=swa.size)
     return {
         **pool,
         **rt.config.to_dict(),

@@ -36,19 +36,21 @@ import numpy as np
 import torch
 
 from raas_sglang.holes import reprefill_runs, snapshot_holes
-from raas_sglang.patches import eviction, runtime
+from raas_sglang.patches import eviction, runtime, swa_pool
 
 logger = logging.getLogger("raas_sglang")
 SUPPORTED_PREFILL = ("torch_native", "triton")
 
 
 def supported(rt: runtime.Runtime) -> bool:
-    """Whether this server's prefill backend can skip holes (read once from the resolved backends)."""
+    """Whether this server's prefill backend can skip holes (read once from the resolved backends). NOTE: not on a
+    hybrid sliding-window pool: a re-prefill there would allocate window twins around the holes, which no test
+    covers yet; such a request is re-prefilled in full by SGLang (as on flashinfer) and trimmed to its budget."""
     if rt.reprefill_ok is None:
         from sglang.srt.runtime_context import attention_backends
 
         rt.reprefill_ok = attention_backends()[0] in SUPPORTED_PREFILL
-    return rt.reprefill_ok
+    return rt.reprefill_ok and not swa_pool.is_hybrid(rt.allocator)
 
 
 def _snapshot_of(req):
@@ -178,7 +180,7 @@ def alloc_for_extend(orig, batch):
                 req.raas_carry.snapshot = None
     for row, pos in opening:
         rt.state.open_pages(torch.tensor([row], device=rt.state.device), torch.tensor([pos], device=rt.state.device))
-    free = batch.token_to_kv_pool_allocator.available_size()
+    free = swa_pool.full_counts(batch.token_to_kv_pool_allocator).free
     if rt.totals.free_low_water is None or free < rt.totals.free_low_water:
         rt.totals.free_low_water = free
     rows = [r.kv.req_pool_idx for r in batch.reqs if r.kv.req_pool_idx in rt.reprefilling]

@@ -92,7 +92,8 @@ class Runtime:
     def ensure_bounds(self, pool: Any) -> PageKeyBounds:
         """The Quest page key bounds (kept when a policy selects by them or pages are scored with them)."""
         if self.bounds is None:
-            k0 = pool.get_key_buffer(pool.start_layer)
+            full = getattr(pool, "full_kv_pool", pool)  # NOTE: a hybrid SWA pool's layer 0 may be a window layer
+            k0 = full.get_key_buffer(full.start_layer)  # [full slots + ps, kv_heads, head_dim]
             self.ensure_layers(pool)
             self.bounds = PageKeyBounds(num_layers=self.num_layers, num_slots=k0.shape[0],
                                         page_size=self.config.page_size, kv_heads=k0.shape[1],

@@ -7,7 +7,8 @@ Upstream symbols hooked (sglang 0.5.23):
   `schedule_batch` imported. Also admits new rows (prompt length, per-request policy) and opens new pages, and,
   under tensor parallel with `RAAS_CHECK_RANKS`, checks that the ranks' states agree after the step.
 - `sglang.srt.managers.schedule_batch.ScheduleBatch.new_tokens_required_next_decode`, AROUND: a RaaS request at
-  its page limit whose next token opens a page evicts one first, so it needs zero net pages.
+  its page limit whose next token opens a page evicts one first, so it needs zero net pages (on one pool; on a
+  hybrid sliding-window pool SGLang's count stands: the victim's window twin may be swept already).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from raas_sglang.host import HostBatch
-from raas_sglang.patches import disaggregation, eviction, reprefill, runtime, tensor_parallel
+from raas_sglang.patches import disaggregation, eviction, reprefill, runtime, swa_pool, tensor_parallel
 from raas_sglang.patches.requests import request_policy
 
 logger = logging.getLogger("raas_sglang")
@@ -108,7 +109,7 @@ def alloc_for_decode(orig, batch, token_per_req):
             done = eviction.evict(rt, rows, positions, req_to_token, batch.token_to_kv_pool_allocator, host)
             abort_lost(rt, batch, done.lost_rows)
     out = orig(batch, token_per_req)
-    free = batch.token_to_kv_pool_allocator.available_size()  # SGLang's own count, after this step's allocation
+    free = swa_pool.full_counts(batch.token_to_kv_pool_allocator).free  # SGLang's count, after this allocation
     if rt.totals.free_low_water is None or free < rt.totals.free_low_water:
         rt.totals.free_low_water = free
     if rt.traced:  # a traced request's memory curve, as the allocator counts it (bench.memory)
@@ -146,6 +147,8 @@ def new_tokens_required_next_decode(orig, self, selected_indices=None):
     rt = runtime.get()
     if rt is None or rt.state is None or not self.spec_algorithm.is_none():
         return tokens
+    if swa_pool.is_hybrid(self.token_to_kv_pool_allocator):
+        return tokens  # NOTE: a victim whose SWA twin was swept frees no window page: keep SGLang's count
     reqs = self.reqs if selected_indices is None else [self.reqs[i] for i in selected_indices]
     admitted = [r for r in reqs if rt.row_of(r) is not None]
     if not admitted:

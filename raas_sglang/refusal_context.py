@@ -22,6 +22,15 @@ WINDOW_BACKENDS = frozenset({"torch_native", "triton"})  # those on which RaaS a
 # by class name from what SGLang built; anything else, a DSA pool included, is refused after load)
 SUPPORTED_POOLS = frozenset({"MHATokenToKVPool", "MLATokenToKVPool"})
 SUPPORTED_ALLOCATORS = frozenset({"PagedTokenToKVPoolAllocator", "TokenToKVPoolAllocator"})
+# a hybrid sliding-window pool (gpt-oss): full layers and window layers in two per-head pools, one allocator for both
+# with a full -> window slot mapping (patches/swa_pool.py); read as "SWAKVPool" only when both sub-pools are per-head
+HYBRID_SWA = ("SWAKVPool", "SWATokenToKVPoolAllocator")
+HYBRID_SWA_BACKENDS = frozenset({"triton"})  # those whose window lists RaaS maps into the window pool
+
+
+def pool_supported(pool: str, allocator: str) -> bool:
+    """Whether RaaS frees pages of this pool behind this allocator (class names)."""
+    return (pool in SUPPORTED_POOLS and allocator in SUPPORTED_ALLOCATORS) or (pool, allocator) == HYBRID_SWA
 
 
 @dataclass(frozen=True)
@@ -166,6 +175,11 @@ class Loaded(Fields):
         self.config, self.pool, self.allocator = config, pool, allocator
         self.allocator_page_size, self.pool_layers, self.layers = allocator_page_size, pool_layers, layers
         self.backends = frozenset(backends)  # the resolved attention backends (decode and prefill); empty: unknown
+
+    @property
+    def swa_pool_backends(self) -> str:
+        """The backends that would run a hybrid sliding-window pool's window layers unmapped, in words."""
+        return ", ".join(sorted(self.backends - HYBRID_SWA_BACKENDS)) or "an unknown"
 
     @property
     def window_backends(self) -> str:

@@ -32,7 +32,8 @@ from typing import NamedTuple
 from raas_sglang import config as cfg
 from raas_sglang.refusal_requests import REQUEST, refuse_request, request_refusal  # noqa: F401  (re-exported)
 from raas_sglang.refusal_context import (  # noqa: F401  (re-exported: the registry's public names)
-    SUPPORTED_ALLOCATORS, SUPPORTED_BACKENDS, SUPPORTED_POOLS, WINDOW_BACKENDS, AttnLayer, Loaded, Refusal, Request,
+    HYBRID_SWA, HYBRID_SWA_BACKENDS, SUPPORTED_ALLOCATORS, SUPPORTED_BACKENDS, SUPPORTED_POOLS, WINDOW_BACKENDS,
+    AttnLayer, Loaded, Refusal, Request, pool_supported,
     Startup, VersionMismatch, above_one, arg, decode_graphs, flag_set, full_prefill_graphs, pd_mode, show,
 )
 
@@ -176,11 +177,6 @@ STARTUP = (
             "Qwen3.5, Nemotron-H, Falcon-H1, Mamba, ...)",
             "hybrid linear-attention or state-space models (their layers keep a recurrent state, not pages); use "
             "--kv-policy dense for this model", lambda s: s.linear_attention or s.attention_arch == "SSM", model=True),
-    Refusal("startup.sliding-window-model", "SGLang would build a hybrid sliding-window pool for the model "
-            "(gpt-oss, ...): window layers and full layers in two pools",
-            "a hybrid sliding-window KV pool (RaaS frees pages of one pool); add --disable-hybrid-swa-memory (one "
-            "pool: RaaS applies the windows to the resident tokens), or use --kv-policy dense for this model",
-            lambda s: bool(s.model.is_hybrid_swa and not s.model.attention_chunk_size), model=True),
     Refusal("startup.chunked-attention-model", "the model has chunked attention (Llama 4)",
             "chunked-attention models; use --kv-policy dense for this model",
             lambda s: bool(s.model.attention_chunk_size), model=True),
@@ -193,10 +189,16 @@ STARTUP = (
 # (patches/model_checks.py): what the model really does, whatever its config says
 LOADED = (
     Refusal("loaded.kv-pool", "SGLang built a KV pool or allocator other than a per-head or MLA-latent paged one "
-            "({supported_pools})",
+            "({supported_pools}) or a hybrid sliding-window pair of per-head pools (SWAKVPool)",
             "the KV pool SGLang built for this model ({pool} with {allocator}; RaaS frees pages of a per-head or "
-            "MLA-latent paged pool only); use --kv-policy dense for this model",
-            lambda x: x.pool not in SUPPORTED_POOLS or x.allocator not in SUPPORTED_ALLOCATORS),
+            "MLA-latent paged pool, or of a hybrid sliding-window pair of per-head pools, only); use --kv-policy "
+            "dense for this model", lambda x: not pool_supported(x.pool, x.allocator)),
+    Refusal("loaded.hybrid-swa-backend", "SGLang built a hybrid sliding-window pool (gpt-oss: window layers in "
+            "their own pool) and a backend other than triton would run it",
+            "a hybrid sliding-window KV pool on {swa_pool_backends} backend (RaaS maps the window layers' resident "
+            "tokens into their pool on triton only); use --attention-backend triton, add "
+            "--disable-hybrid-swa-memory (one pool), or use --kv-policy dense for this model",
+            lambda x: x.pool == HYBRID_SWA[0] and (not x.backends or bool(x.backends - HYBRID_SWA_BACKENDS))),
     Refusal("loaded.attention-layers", "the attention layers found in the loaded model do not cover the KV pool's "
             "layers one to one (e.g. SGLang's Transformers backend, `--model-impl transformers`, keeps them outside "
             "the module tree)",
@@ -208,7 +210,7 @@ LOADED = (
             "RaaS pages would free other tokens); use --kv-policy dense with these options",
             lambda x: x.allocator_page_size != x.page_size),
     Refusal("loaded.sliding-window", "an attention layer of the loaded model has a sliding window (Gemma 3, "
-            "OLMo 3, EXAONE 4, gpt-oss with `--disable-hybrid-swa-memory`, ...) and a backend other than "
+            "OLMo 3, EXAONE 4, gpt-oss, ...) and a backend other than "
             "torch_native or triton would run it",
             "sliding-window attention ({windowed}) on {window_backends} backend (RaaS applies a layer's window to "
             "the resident tokens on torch_native and triton only); use --attention-backend triton or "

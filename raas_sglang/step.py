@@ -50,10 +50,12 @@ class ResidentTable:
         out.scatter_(0, dest.reshape(-1), self.slots.reshape(-1))
         return indptr, out[:total]
 
-    def window_ragged(self, lo: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def window_ragged(self, lo: torch.Tensor, width: int,
+                      mapping: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(kv_indptr [bs + 1] int32, kv_indices [sum m] int64): a sliding-window layer's lists, each row's resident
         slots at logical positions >= lo [bs] int64 (a suffix of its columns, since positions ascend). `width`: the
         most positions a window holds (lo >= seq_len - width), so the buffer is sized from the host, no sync.
+        `mapping` [slots] int64: the ids the window layers read instead of the slots (a hybrid pool's window twins).
         NOTE: a hole inside the window is simply absent (the upstream lists would read its padding slot)."""
         cols = torch.arange(self.slots.shape[1], device=self.slots.device)  # [n_max]
         inside = (cols[None, :] < self.n[:, None]) & (self.pos >= lo[:, None])  # [bs, n_max] a suffix of [0, n)
@@ -64,7 +66,8 @@ class ResidentTable:
         dest = indptr[:-1, None].to(torch.int64) + cols[None, :] - (self.n - m)[:, None]  # [bs, n_max]
         dest = torch.where(inside, dest, torch.full_like(dest, total))
         out = torch.empty(total + 1, dtype=torch.int64, device=self.slots.device)
-        out.scatter_(0, dest.reshape(-1), self.slots.reshape(-1))
+        values = self.slots if mapping is None else mapping[torch.where(inside, self.slots, 0)]  # [bs, n_max]
+        out.scatter_(0, dest.reshape(-1), values.reshape(-1))
         return indptr, out[:total]
 
 

@@ -235,9 +235,6 @@ CASES = (
     ModelLaunch("qwen3-next", "startup.linear-attention-model", "qwen3-next",
                 [*_RAAS, "--page-size", "1", "--mamba-radix-cache-strategy", "no_buffer", *_POOL],
                 _UNSUPPORTED + "hybrid linear-attention or state-space models"),
-    ModelLaunch("gpt-oss", "startup.sliding-window-model", "gpt-oss", [*_RAAS, "--attention-backend", "triton", *_POOL],
-                _UNSUPPORTED + "a hybrid sliding-window KV pool (RaaS frees pages of one pool); add "
-                "--disable-hybrid-swa-memory"),
     ModelLaunch("llama4", "startup.chunked-attention-model", "llama4", [*_RAAS, *_POOL],
                 _UNSUPPORTED + "chunked-attention models"),
     ModelLaunch("gemma2", "loaded.torch-native-features", "gemma2", [*_RAAS, *_POOL],
@@ -246,6 +243,10 @@ CASES = (
           "with PagedTokenToKVPoolAllocator", pool="DSATokenToKVPool"),
     Built("swa-allocator", "loaded.kv-pool", _UNSUPPORTED + "the KV pool SGLang built for this model "
           "(MHATokenToKVPool with SWATokenToKVPoolAllocator", allocator="SWATokenToKVPoolAllocator"),
+    Built("hybrid-pool-torch-native", "loaded.hybrid-swa-backend", _UNSUPPORTED + "a hybrid sliding-window KV pool "
+          "on torch_native backend (RaaS maps the window layers' resident tokens into their pool on triton only",
+          layers=({}, {"layer_id": 1, "sliding_window_size": 31}), pool="SWAKVPool",
+          allocator="SWATokenToKVPoolAllocator", backends=("torch_native",)),
     Built("layers-outside-modules", "loaded.attention-layers", _UNSUPPORTED + "a model whose attention layers RaaS "
           "cannot read (KV pool layers 0, 1 have no single RadixAttention", layers=(), pool_layers=(0, 1)),
     Built("allocator-page-size", "loaded.page-size", _UNSUPPORTED + "a page size of 64 tokens in SGLang's allocator "

@@ -29,10 +29,10 @@ def _model(case) -> torch.nn.Module:
 
 
 def _classes_exist(case) -> None:
-    from sglang.srt.mem_cache import memory_pool
+    from sglang.srt.mem_cache import memory_pool, swa_memory_pool
     from sglang.srt.mem_cache.allocator import paged, swa, token
 
-    assert hasattr(memory_pool, case.pool), case.pool
+    assert any(hasattr(m, case.pool) for m in (memory_pool, swa_memory_pool)), case.pool
     assert any(hasattr(m, case.allocator) for m in (paged, swa, token)), case.allocator
 
 

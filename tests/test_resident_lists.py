@@ -123,12 +123,14 @@ def test_torch_native_batched_decode_and_exact_page_mass(seed, reduce, monkeypat
             assert cols and torch.isclose(acc[i, slot], want, atol=1e-6)
 
 
-def _triton_metadata(rt, req_to_token, rows, seq, window):
+def _triton_metadata(rt, req_to_token, rows, seq, window, mapping=None):
     """The forward metadata the real `TritonAttnBackend` hook leaves, for a backend whose model has sliding-window
-    layers of `window` tokens (None: none)."""
+    layers of `window` tokens (None: none); `mapping`: a hybrid pool's full -> window slot mapping."""
     from sglang.srt.layers.attention.triton_backend import ForwardMetadata, TritonAttnBackend
 
     parts, batch = _fixtures(rt, req_to_token, rows, seq)
+    if mapping is not None:
+        parts["token_to_kv_pool"].full_to_swa_index_mapping = mapping  # as SWAKVPool.register_mapping leaves it
     backend = object.__new__(TritonAttnBackend)
     backend.__dict__.update(
         parts, static_kv_splits=False, device_core_count=132, enable_deterministic=False, split_tile_size=None,
@@ -158,16 +160,22 @@ def test_triton_backend_lists(seed, monkeypatch):
     assert torch.equal(md.num_kv_splits, want)
 
 
+@pytest.mark.parametrize("hybrid", [False, True])
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("window", [3, 7, 13])
-def test_triton_window_lists(seed, window, monkeypatch):
+def test_triton_window_lists(seed, window, hybrid, monkeypatch):
     """A sliding-window layer's lists hold the resident slots of the last `window` positions (upstream's triton
     decode window, `update_sliding_window_buffer`: [seq_len - window, seq_len)), without the holes; a row without a
-    hole there gets upstream's list exactly."""
+    hole there gets upstream's list exactly. On a hybrid pool they hold those slots' window twins."""
     rt, req_to_token, rows, seq = _evolve(seed)
     monkeypatch.setattr(runtime, "_RUNTIME", rt)
-    md = _triton_metadata(rt, req_to_token, rows, seq, window).forward_metadata
+    mapping = torch.randperm(SLOTS, generator=torch.Generator().manual_seed(seed)) + SLOTS if hybrid else None
+    md = _triton_metadata(rt, req_to_token, rows, seq, window, mapping).forward_metadata
     got = _split(md.window_kv_indptr, md.window_kv_indices)
+    if hybrid:  # back to full slots through the inverse permutation
+        inverse = torch.argsort(mapping)  # [SLOTS]
+        got = [[int(inverse[t - SLOTS]) for t in lst] for lst in got]
+        assert all(t >= SLOTS for lst in _split(md.window_kv_indptr, md.window_kv_indices) for t in lst)
     assert md.window_kv_indptr.dtype == torch.int32 and md.window_kv_indices.dtype == torch.int64
     assert _split(md.kv_indptr, md.kv_indices) == _expected(rt, req_to_token, rows, seq)
     for lst, full, r, s in zip(got, _expected(rt, req_to_token, rows, seq), rows.tolist(), seq.tolist()):

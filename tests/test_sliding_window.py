@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from conftest import STRICT_ENV, serve
+from raas_sglang.dev.launch import ALL_KV_CHECKS
 from raas_helpers import bound, flush, gen, gen_policies, masked_reference_error, streaming_window
 from raas_sglang.dev import family_models
 
@@ -48,10 +49,14 @@ def test_windowed_retraction_and_policies(tmp_path):
 
 TRITON = ("--kv-policy", "raas", "--raas-budget", "256", "--attention-backend", "triton", "--chunked-prefill-size",
           "128", "--disable-cuda-graph")
-TRITON_FAMILIES = {
-    # SGLang turns Gemma 3's hybrid pool off itself; gpt-oss needs it off (its hybrid pool is refused at startup)
-    "gemma3": (),
-    "gpt-oss": ("--disable-hybrid-swa-memory", "--moe-runner-backend", "triton"),
+TRITON_FAMILIES = {  # name: (model, flags, env)
+    # SGLang turns Gemma 3's hybrid pool off itself
+    "gemma3": ("gemma3", (), {}),
+    "gpt-oss": ("gpt-oss", ("--disable-hybrid-swa-memory", "--moe-runner-backend", "triton"), {}),
+    # gpt-oss's default: window layers in their own pool (patches/swa_pool.py). SGLang sweeps the windows every
+    # step, so its sweep crosses the holes; every KV and tree check it has, its SWA guards raising
+    "gpt-oss-hybrid": ("gpt-oss", ("--moe-runner-backend", "triton"),
+                       {**ALL_KV_CHECKS, "SGLANG_SWA_EVICTION_INTERVAL": "1"}),
 }
 
 
@@ -61,9 +66,10 @@ def windowed_triton(request, tmp_path_factory):
     under the Triton interpreter."""
     from transformers import AutoModelForCausalLM
 
-    path = family_models.build(request.param)
-    srv = serve(path, *TRITON, *TRITON_FAMILIES[request.param], tmp=tmp_path_factory.mktemp(request.param),
-                env={**STRICT_ENV, "TRITON_INTERPRET": "1"})
+    model, flags, env = TRITON_FAMILIES[request.param]
+    path = family_models.build(model)
+    srv = serve(path, *TRITON, *flags, tmp=tmp_path_factory.mktemp(request.param),
+                env={**STRICT_ENV, "TRITON_INTERPRET": "1", **env})
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     yield request.param, srv, hf
     srv.stop()
@@ -117,9 +123,13 @@ def test_triton_window_second_turn_and_leak_free(windowed_triton):
                                   decoded=(len(PROMPT), 64)) < 1e-3, name
     info = _info(srv)
     assert info["free_tokens"] + info["evictable_tokens"] == info["pool_tokens"], info
+    if "swa_pool_tokens" in info:  # the window-layer pool of a hybrid allocator, SGLang's count as well
+        assert info["swa_free_tokens"] + info["swa_evictable_tokens"] == info["swa_pool_tokens"], info
+    assert ("swa_pool_tokens" in info) == name.endswith("hybrid"), info
     flush(srv)
     flushed = _info(srv)
     assert flushed["free_tokens"] == flushed["pool_tokens"] and flushed["evictable_tokens"] == 0, name
+    assert flushed.get("swa_free_tokens") == flushed.get("swa_pool_tokens"), flushed
 
 
 @pytest.mark.slow
@@ -131,7 +141,7 @@ def test_triton_window_retraction_resumes_bounded_and_exact(tmp_path):
     from transformers import AutoModelForCausalLM
 
     path = family_models.build("gpt-oss")
-    srv = serve(path, *TRITON, *TRITON_FAMILIES["gpt-oss"], tmp=tmp_path,
+    srv = serve(path, *TRITON, *TRITON_FAMILIES["gpt-oss"][1], tmp=tmp_path,
                 env={**STRICT_ENV, "TRITON_INTERPRET": "1", "SGLANG_TEST_RETRACT": "1",
                      "SGLANG_TEST_RETRACT_INTERVAL": "37"})
     try:
