@@ -43,14 +43,12 @@ SUPPORTED_PREFILL = ("torch_native", "triton")
 
 
 def supported(rt: runtime.Runtime) -> bool:
-    """Whether this server's prefill backend can skip holes (read once from the resolved backends). NOTE: not on a
-    hybrid sliding-window pool: a re-prefill there would allocate window twins around the holes, which no test
-    covers yet; such a request is re-prefilled in full by SGLang (as on flashinfer) and trimmed to its budget."""
+    """Whether this server's prefill backend can skip holes (read once from the resolved backends)."""
     if rt.reprefill_ok is None:
         from sglang.srt.runtime_context import attention_backends
 
         rt.reprefill_ok = attention_backends()[0] in SUPPORTED_PREFILL
-    return rt.reprefill_ok and not swa_pool.is_hybrid(rt.allocator)
+    return rt.reprefill_ok
 
 
 def _snapshot_of(req):
@@ -159,6 +157,7 @@ def _skip_holes(rt: runtime.Runtime, req, rp: runtime.Reprefill) -> None:
         n = start - req.prefix_len
         # NOTE: holes are whole pages, so the padding slots repeat page 0 exactly
         req_to_token[row, req.prefix_len:start] = torch.arange(n, device=req_to_token.device, dtype=req_to_token.dtype) % ps
+        swa_pool.map_padding_page(rt.allocator, ps)  # the window side's `last_loc` check too (a hybrid pool)
         req.prefix_len = start
 
 

@@ -19,7 +19,7 @@ import functools
 
 import torch
 
-from raas_sglang.patches import runtime
+from raas_sglang.patches import runtime, swa_pool
 
 
 def _holey_rows(rt: runtime.Runtime | None, req_pool_indices: torch.Tensor) -> bool:
@@ -76,12 +76,14 @@ def run_sdpa_forward_extend(orig, self, query, output, k_cache, v_cache, req_to_
 
 def windowed_extend(query, output, k_cache, v_cache, req_to_token, rows: list[int], seq_lens: list[int],
                     extend_lens: list[int], holey: set[int], ps: int, window: int, scaling, enable_gqa: bool,
-                    sinks: torch.Tensor | None = None):
+                    sinks: torch.Tensor | None = None, mapping: torch.Tensor | None = None):
     """A sliding-window layer's extend over rows with holes: compacting the rows (above) would bring keys before a
     hole closer than they are, so each row attends its non-hole slots under a mask of their logical positions, as
     upstream's extend masks a window (the query at p attends [p - window, p]; torch_native and triton alike).
     query/output [tokens, heads, d]; k_cache, v_cache [slots, kv_heads, d]; sinks [heads] (gpt-oss): one more
-    logit per head in each softmax, attending nothing (as upstream's kernels apply it)."""
+    logit per head in each softmax, attending nothing (as upstream's kernels apply it). mapping [full slots]: a
+    hybrid pool's full -> window slot mapping (the caches are the window pool's); a key outside the window may have
+    no twin left (0, SGLang's sweep), it is masked out."""
     from torch.nn.functional import scaled_dot_product_attention
 
     if sinks is not None:
@@ -95,7 +97,8 @@ def windowed_extend(query, output, k_cache, v_cache, req_to_token, rows: list[in
         qpos = pos[n - ext:]  # [ext]: the new tokens, never holes
         mask = (kpos[None, :] <= qpos[:, None]) & (kpos[None, :] >= qpos[:, None] - window)  # [ext, m]
         q = query[start:start + ext].movedim(0, 1)  # [heads, ext, d]
-        k, v = (c[kslots].movedim(0, 1).to(q.dtype) for c in (k_cache, v_cache))  # [kv_heads, m, d]
+        kids = kslots if mapping is None else mapping[kslots]  # [m] the ids in the layer's own pool
+        k, v = (c[kids].movedim(0, 1).to(q.dtype) for c in (k_cache, v_cache))  # [kv_heads, m, d]
         out = scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=mask, scale=scaling,
                                            enable_gqa=enable_gqa)[0]  # [heads, ext, dv]
         output[start:start + ext] = out.movedim(1, 0)
@@ -126,7 +129,8 @@ def triton_windowed_extend(rt: runtime.Runtime, backend, q, out, layer, forward_
                     pool.get_value_buffer(layer.layer_id), backend.req_to_token_pool.req_to_token,
                     forward_batch.req_pool_indices.tolist(), forward_batch.seq_lens.tolist(),
                     forward_batch.extend_seq_lens.tolist(), set(rt.reprefilling), rt.config.page_size,
-                    layer.sliding_window_size, layer.scaling, heads != layer.tp_k_head_num, sinks)
+                    layer.sliding_window_size, layer.scaling, heads != layer.tp_k_head_num, sinks,
+                    mapping=swa_pool.window_mapping(pool))
 
 
 def holey_extend(rt: runtime.Runtime | None, forward_batch) -> bool:

@@ -75,6 +75,17 @@ def window_mapping(pool: Any) -> torch.Tensor | None:
     return getattr(pool, "full_to_swa_index_mapping", None)
 
 
+def map_padding_page(allocator: Any, page_size: int) -> None:
+    """Map the padding page's last slot to the window pool's (a hybrid allocator; else nothing).
+
+    NOTE: a re-prefill run that starts after a hole has `last_loc` = that hole's last entry, the padding slot
+    ps - 1; SGLang's paged `alloc_extend` checks `(last_loc + 1) % ps == prefix_len % ps` on both sides, and the
+    window side reads `mapping[ps - 1]`, 0 until now. The padding page is never allocated nor freed on either side,
+    so pointing it at the other padding page changes no slot's owner."""
+    if is_hybrid(allocator):
+        allocator.full_to_swa_index_mapping[page_size - 1] = page_size - 1
+
+
 def _cut_segment(free_segment, holes: list[int], ps: int):
     from raas_sglang.patches.radix import _cut
 

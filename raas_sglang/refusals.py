@@ -177,6 +177,11 @@ STARTUP = (
             "Qwen3.5, Nemotron-H, Falcon-H1, Mamba, ...)",
             "hybrid linear-attention or state-space models (their layers keep a recurrent state, not pages); use "
             "--kv-policy dense for this model", lambda s: s.linear_attention or s.attention_arch == "SSM", model=True),
+    Refusal("startup.hybrid-swa-disaggregation", "a PD decode server (`--disaggregation-mode decode`) would build "
+            "a hybrid sliding-window pool for the model (gpt-oss)",
+            "a hybrid sliding-window KV pool on a PD decode server (its retracted requests resume from a host copy "
+            "into one pool only); add --disable-hybrid-swa-memory, or use --kv-policy dense for this model",
+            lambda s: bool(s.model.is_hybrid_swa) and pd_mode(s) == "decode", model=True),
     Refusal("startup.chunked-attention-model", "the model has chunked attention (Llama 4)",
             "chunked-attention models; use --kv-policy dense for this model",
             lambda s: bool(s.model.attention_chunk_size), model=True),

@@ -133,17 +133,19 @@ def test_triton_window_second_turn_and_leak_free(windowed_triton):
 
 
 @pytest.mark.slow
-def test_triton_window_retraction_resumes_bounded_and_exact(tmp_path):
+@pytest.mark.parametrize("family", ["gpt-oss", "gpt-oss-hybrid"])
+def test_triton_window_retraction_resumes_bounded_and_exact(tmp_path, family):
     """gpt-oss on triton through retractions (SGLang retracts every 37 decode steps): each request with evictions
     resumes by recomputing only its pinned prompt and kept pages; the window layers' extend over the holes is
     recomputed by logical position, with the sinks (`reprefill_attention.triton_windowed_extend`); each stays within
     its bound and equals the reference replaying each re-prefill's masks."""
     from transformers import AutoModelForCausalLM
 
-    path = family_models.build("gpt-oss")
-    srv = serve(path, *TRITON, *TRITON_FAMILIES["gpt-oss"][1], tmp=tmp_path,
+    model, flags, env = TRITON_FAMILIES[family]
+    path = family_models.build(model)
+    srv = serve(path, *TRITON, *flags, tmp=tmp_path,
                 env={**STRICT_ENV, "TRITON_INTERPRET": "1", "SGLANG_TEST_RETRACT": "1",
-                     "SGLANG_TEST_RETRACT_INTERVAL": "37"})
+                     "SGLANG_TEST_RETRACT_INTERVAL": "37", **env})
     try:
         hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
         policies = ("raas", "h2o")  # SGLang retracts only from a batch of more than one
@@ -155,5 +157,7 @@ def test_triton_window_retraction_resumes_bounded_and_exact(tmp_path):
             assert masked_reference_error(hf, PROMPT, out, triton=True) < 1e-3, raas["policy"]
         info = _info(srv)
         assert info["free_tokens"] + info["evictable_tokens"] == info["pool_tokens"], info
+        if "swa_pool_tokens" in info:
+            assert info["swa_free_tokens"] + info["swa_evictable_tokens"] == info["swa_pool_tokens"], info
     finally:
         srv.stop()
