@@ -69,7 +69,8 @@ def evict(rt: Runtime, rows: torch.Tensor, positions: torch.Tensor, req_to_token
     if n_lost:  # the rare broken case: drop the lost rows from what is freed (boolean masks: syncs)
         v_rows, v_pages, first_slots = v_rows[~lost], v_pages[~lost], first_slots[~lost]
     if len(v_rows):
-        if swa_pool.is_hybrid(allocator):  # NOTE: whole pages, with their live SWA twins (patches/swa_pool.py)
+        if swa_pool.is_hybrid(allocator):  # NOTE: whole pages, with their live SWA twins (patches/swa_pool.py);
+            # set-shaped frees there: SGLang's `free` dedupes pages (torch.unique), a sync more per evicting step
             swa_pool.free_victims(allocator, first_slots, ps)
         else:
             free_pages(allocator, first_slots // ps, known_nonzero=True)

@@ -83,6 +83,11 @@ def config_from_budget(orig, self, budget_bytes, *args, **kwargs):
         par = get_parallel()
         heads, key_dim = mc.get_num_kv_heads(par.attn_tp_size, par.attn_dcp_size), mc.head_dim
         cell = heads * (mc.head_dim + mc.v_head_dim) * layers * elt
+    configurator = create_memory_pool_configurator(self)
+    if type(configurator).__name__ == "HybridSWAPoolConfigurator":
+        # NOTE: a token less in the full pool is `swa_full_tokens_ratio` less in the window pool: SGLang's own
+        # bytes per full-pool token (full layers + ratio * window layers), not every layer at full price
+        cell = int(configurator._cell_size)
     per_page = layers * heads * 2 * key_dim * 4  # PageKeyBounds: float32 [kv_heads, 2 * key_dim] per layer
     before = int(config.max_total_num_tokens)
     kept = tokens_with_bounds(before, cell, per_page, ps)
@@ -90,7 +95,7 @@ def config_from_budget(orig, self, budget_bytes, *args, **kwargs):
     if kept < before:
         logger.warning("raas_sglang: KV pool %d -> %d tokens to hold the Quest page key bounds (%d bytes per page)",
                        before, kept, per_page)
-        config = create_memory_pool_configurator(self).calculate_pool_sizes_from_max_tokens(kept, ps)
+        config = configurator.calculate_pool_sizes_from_max_tokens(kept, ps)
     return config
 
 

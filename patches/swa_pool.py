@@ -62,11 +62,13 @@ def swa_counts(allocator: Any) -> PoolCounts | None:
 def free_victims(allocator: Any, first_slots: torch.Tensor, page_size: int) -> None:
     """Free whole victim pages of a hybrid allocator, their SWA twins with them. first_slots [m] int64.
 
-    NOTE: `free` reads the mapping of every slot of the pages: a twin already swept (mapping 0) is skipped, a live
-    one is freed and its mapping cleared; the full slots go back after (their mapping now 0, as `free_full`
-    demands)."""
+    NOTE: only the twins still mapped are freed (a live victim; `free_swa` clears their mapping); a twin SGLang's
+    sweep already freed reads 0 and is left alone (at page size 1 `free_swa` would hand the window pool's padding
+    slot 0 back otherwise). The full slots go back after, their mapping 0 as `free_full` demands."""
     slots = (first_slots[:, None] + torch.arange(page_size, device=first_slots.device)).reshape(-1)  # [m * ps]
-    allocator.free(slots)
+    live = slots[allocator.full_to_swa_index_mapping[slots] > 0]  # [<= m * ps] the slots whose twin is live
+    allocator.free_swa(live)
+    allocator.free_full(slots)
 
 
 def window_mapping(pool: Any) -> torch.Tensor | None:
@@ -86,12 +88,14 @@ def map_padding_page(allocator: Any, page_size: int) -> None:
         allocator.full_to_swa_index_mapping[page_size - 1] = page_size - 1
 
 
-def _cut_segment(free_segment, holes: list[int], ps: int):
+def _cut_segment(rt: runtime.Runtime, row: int, free_segment):
+    """`free_segment` for one sweep of `row`: frees the pieces of the range between the row's holes. NOTE: the holes
+    are read only when the sweep frees something (about once a page), not on each step's call."""
     from raas_sglang.patches.radix import _cut
 
     def free_between_holes(free_index, *, start_pos):
         end = start_pos + int(free_index.numel())
-        for lo, hi in _cut([(start_pos, end)], holes, ps):
+        for lo, hi in _cut([(start_pos, end)], rt.holes(row, end), rt.config.page_size):
             free_segment(free_index[lo - start_pos:hi - start_pos], start_pos=lo)
 
     return free_between_holes
@@ -101,12 +105,14 @@ def free_swa_out_of_window_slots(orig, req, pre_len, *args, **kwargs):
     rt = runtime.get()
     if rt is None or not req.kv.holds_kv or rt.row_of_kv(req.kv) is None:
         return orig(req, pre_len, *args, **kwargs)
-    holes = rt.holes(req.kv.req_pool_idx, pre_len)
-    if not holes:
-        return orig(req, pre_len, *args, **kwargs)
-    allocator = kwargs["token_to_kv_pool_allocator"]
-    base = kwargs.get("free_segment") or allocator.free_swa_segment
-    kwargs["free_segment"] = _cut_segment(base, holes, rt.config.page_size)
+    base = kwargs.get("free_segment")
+    if base is None:
+        from sglang.srt.mem_cache.unified_cache.component_type import ComponentType  # noqa: PLC0415
+
+        if kwargs.get("component_type", ComponentType.SWA) != ComponentType.SWA:
+            return orig(req, pre_len, *args, **kwargs)  # upstream's own assertion speaks
+        base = kwargs["token_to_kv_pool_allocator"].free_swa_segment
+    kwargs["free_segment"] = _cut_segment(rt, req.kv.req_pool_idx, base)
     return orig(req, pre_len, *args, **kwargs)
 
 

@@ -15,14 +15,14 @@ from raas_sglang.patches import radix, runtime, swa_pool
 PS, FULL, SWA = 16, 256, 160
 
 
-def _pools():
+def _pools(ps: int = PS):
     from sglang.srt.mem_cache.allocator.swa import SWATokenToKVPoolAllocator
     from sglang.srt.mem_cache.memory_pool import ReqToTokenPool
     from sglang.srt.mem_cache.swa_memory_pool import SWAKVPool
 
-    pool = SWAKVPool(size=FULL, size_swa=SWA, page_size=PS, dtype=torch.float32, head_num=1, head_dim=4,
+    pool = SWAKVPool(size=FULL, size_swa=SWA, page_size=ps, dtype=torch.float32, head_num=1, head_dim=4,
                      swa_attention_layer_ids=[0], full_attention_layer_ids=[1], device="cpu")
-    allocator = SWATokenToKVPoolAllocator(FULL, SWA, PS, torch.float32, "cpu", pool, need_sort=False)
+    allocator = SWATokenToKVPoolAllocator(FULL, SWA, ps, torch.float32, "cpu", pool, need_sort=False)
     rows = ReqToTokenPool(size=2, max_context_len=256, device="cpu", enable_memory_saver=False)
     return pool, allocator, rows
 
@@ -108,6 +108,20 @@ def test_sweep_without_the_cut_trips_sglangs_guard(monkeypatch):
     with pytest.raises(Exception, match="peer_mapped|swa"):
         free_swa_out_of_window_slots(SimpleNamespace(kv=kv), 128, sliding_window_size=31, page_size=PS,
                                      req_to_token_pool=rows, token_to_kv_pool_allocator=allocator)
+
+
+def test_page_size_one_swept_victim_frees_no_window_slot(monkeypatch):
+    """At page size 1 SGLang's `free_swa` frees whatever the mapping reads; a victim whose twin was swept reads 0,
+    which must not put the window pool's padding slot 0 in its free list."""
+    monkeypatch.setenv("SGLANG_DEBUG_MEMORY_POOL", "1")
+    _, allocator, _ = _pools(ps=1)
+    slots = allocator.alloc(8)  # [8] int64
+    allocator.free_swa_segment(slots[:4], start_pos=0)  # SGLang's sweep
+    swa_free = allocator.swa_available_size()
+    swa_pool.free_victims(allocator, slots[:2], 1)  # two swept twins: nothing for the window pool
+    swa_pool.free_victims(allocator, slots[5:6], 1)  # a live twin: one window slot back
+    assert allocator.swa_available_size() == swa_free + 1 and allocator.full_available_size() == FULL - 5
+    assert 0 not in allocator.swa_attn_allocator.free_pages.tolist()
 
 
 def test_counts_and_window_mapping():
