@@ -13,6 +13,18 @@ def gen(server, ids, n, **custom):
     return server.post("/generate", body)
 
 
+def assert_raas_equals_dense(server, ids, n: int, label: str = "") -> dict:
+    """budget >= output: a raas request (budget 256) and a dense one in one batch give the same tokens, nothing
+    evicted; returns the raas response."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as ex:  # one batch
+        raas, dense = ex.map(lambda c: gen(server, ids, n, **c), ({"raas_budget": 256}, {"kv_policy": "dense"}))
+    assert raas["meta_info"]["raas"]["evicted_pages"] == 0, label
+    assert raas["output_ids"] == dense["output_ids"], label
+    return raas
+
+
 def gen_policies(server, ids, n, policies, budget: int) -> list[dict]:
     """One traced request per policy, all at once (one decode batch), each with `budget` tokens."""
     from concurrent.futures import ThreadPoolExecutor

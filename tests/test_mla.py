@@ -21,13 +21,14 @@ exact-kernel servers, tensor parallel and retraction are `slow`.
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 
 from conftest import STRICT_ENV, serve
-from raas_helpers import bound, flush, gen, gen_policies, masked_reference_error, streaming_window
+from raas_helpers import (
+    assert_raas_equals_dense, bound, flush, gen, gen_policies, masked_reference_error, streaming_window,
+)
 from raas_sglang.dev import family_models
 
 PROMPT = [1] + list(range(30, 70))  # 41 tokens: pinned pages 0..2
@@ -59,10 +60,7 @@ def _info(srv) -> dict:
 def test_mla_exact_without_eviction(mla):
     """budget >= output: token-identical to a dense request on the same server, nothing evicted."""
     name, srv, _ = mla
-    with ThreadPoolExecutor(2) as ex:  # one batch
-        raas, dense = ex.map(lambda c: gen(srv, PROMPT, 30, **c), ({"raas_budget": 256}, {"kv_policy": "dense"}))
-    assert raas["meta_info"]["raas"]["evicted_pages"] == 0
-    assert raas["output_ids"] == dense["output_ids"], name
+    assert_raas_equals_dense(srv, PROMPT, 30, name)
 
 
 def test_mla_bounded_and_masked_exact(mla):

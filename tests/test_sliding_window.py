@@ -1,20 +1,21 @@
-"""Sliding-window models under RaaS (a tiny Gemma 3: 5 window layers of 32 tokens + 1 full layer, torch_native,
-strict KV checks): a windowed layer attends the resident tokens inside its window, a full layer every resident
-token, on the decode path and when a retracted request with holes is re-prefilled (the window is masked by
-logical positions there, `reprefill_attention.windowed_extend`). The served/refused checks of the family are
-in tests/test_model_matrix.py ([gemma3], [gemma3-triton], [gemma2])."""
+"""Sliding-window models under RaaS, strict KV checks: a windowed layer attends the resident tokens inside its window,
+a full layer every resident token, on the decode path and when a retracted request with holes is re-prefilled (the
+window is masked by logical positions there, `reprefill_attention.windowed_extend`). A tiny Gemma 3 (5 window
+layers of 32 tokens + 1 full layer) on torch_native; on triton under the interpreter a tiny Gemma 3, a tiny gpt-oss
+(sinks) on one pool and on SGLang's hybrid SWA pool (`patches/swa_pool.py`). The served/refused checks of the
+families are in tests/test_model_matrix.py; the hybrid allocator's frees in tests/test_swa_pool.py."""
 
 from __future__ import annotations
-
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 
 from conftest import STRICT_ENV, serve
-from raas_sglang.dev.launch import ALL_KV_CHECKS
-from raas_helpers import bound, flush, gen, gen_policies, masked_reference_error, streaming_window
+from raas_helpers import (
+    assert_raas_equals_dense, bound, flush, gen, gen_policies, masked_reference_error, streaming_window,
+)
 from raas_sglang.dev import family_models
+from raas_sglang.dev.launch import ALL_KV_CHECKS
 
 PROMPT = [1] + list(range(30, 70))  # 41 tokens: pinned pages 0..2
 BUDGET = 32
@@ -83,10 +84,7 @@ def _info(srv) -> dict:
 def test_triton_window_exact_without_eviction(windowed_triton):
     """budget >= output: token-identical to a dense request in the same batch, nothing evicted."""
     name, srv, _ = windowed_triton
-    with ThreadPoolExecutor(2) as ex:  # one batch
-        raas, dense = ex.map(lambda c: gen(srv, PROMPT, 40, **c), ({"raas_budget": 256}, {"kv_policy": "dense"}))
-    assert raas["meta_info"]["raas"]["evicted_pages"] == 0
-    assert raas["output_ids"] == dense["output_ids"], name
+    assert_raas_equals_dense(srv, PROMPT, 40, name)
 
 
 @pytest.mark.slow
