@@ -69,11 +69,7 @@ def evict(rt: Runtime, rows: torch.Tensor, positions: torch.Tensor, req_to_token
     if n_lost:  # the rare broken case: drop the lost rows from what is freed (boolean masks: syncs)
         v_rows, v_pages, first_slots = v_rows[~lost], v_pages[~lost], first_slots[~lost]
     if len(v_rows):
-        if swa_pool.is_hybrid(allocator):  # NOTE: whole pages, with their live SWA twins (patches/swa_pool.py);
-            # set-shaped frees there: SGLang's `free` dedupes pages (torch.unique), a sync more per evicting step
-            swa_pool.free_victims(allocator, first_slots, ps)
-        else:
-            free_pages(allocator, first_slots // ps, known_nonzero=True)
+        free_pages(allocator, first_slots // ps, known_nonzero=True)
         cols = v_pages[:, None] * ps + torch.arange(ps, device=rows.device)  # [m', ps] logical positions
         req_to_token[v_rows[:, None], cols] = 0
     rt.state.evict(victims)  # NOTE: lost rows too: their page becomes a hole
@@ -95,7 +91,12 @@ def free_pages(allocator: Any, page_ids: torch.Tensor, known_nonzero: bool = Fal
     skipped."""
     if not known_nonzero and bool((page_ids == 0).any()):
         raise InvariantBroken(f"raas_sglang: refusing to free the padding page 0 (pages {page_ids.tolist()})")
-    allocator.free_page_ids(page_ids)
+    if swa_pool.is_hybrid(allocator):  # NOTE: whole pages, with their live SWA twins (patches/swa_pool.py);
+        # set-shaped frees there: SGLang's `free` dedupes pages (torch.unique), a sync more per evicting step
+        ps = int(allocator.page_size)
+        swa_pool.free_victims(allocator, page_ids * ps, ps)
+    else:
+        allocator.free_page_ids(page_ids)
 
 
 def _trace(rt: Runtime, rows: torch.Tensor, pages: torch.Tensor, positions: torch.Tensor) -> None:

@@ -115,7 +115,7 @@ def _lose_page_before_eviction() -> None:
                 continue
             done.add(info.rid)
             first = int(req_to_token[row, page * ps])
-            allocator.free_page_ids(torch.tensor([first // ps], dtype=torch.int64, device=req_to_token.device))
+            eviction.free_pages(allocator, torch.tensor([first // ps], dtype=torch.int64, device=req_to_token.device))
             req_to_token[row, page * ps:page * ps + ps] = 0
         return evict(rt, rows, positions, req_to_token, allocator, host)
 

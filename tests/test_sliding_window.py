@@ -7,10 +7,14 @@ families are in tests/test_model_matrix.py; the hybrid allocator's frees in test
 
 from __future__ import annotations
 
+import re
+import time
+import urllib.error
+
 import pytest
 import torch
 
-from conftest import STRICT_ENV, serve
+from conftest import STRICT_ENV, serve, serve_all
 from raas_helpers import (
     assert_raas_equals_dense, bound, flush, gen, gen_policies, masked_reference_error, streaming_window,
 )
@@ -159,3 +163,37 @@ def test_triton_window_retraction_resumes_bounded_and_exact(tmp_path, family):
             assert info["swa_free_tokens"] + info["swa_evictable_tokens"] == info["swa_pool_tokens"], info
     finally:
         srv.stop()
+
+
+@pytest.fixture(scope="module")
+def faulty_hybrid(tmp_path_factory):
+    """gpt-oss on the hybrid pool, one server per fault injected into the plugin's free of a victim page."""
+    model, flags, env = TRITON_FAMILIES["gpt-oss-hybrid"]
+    path = family_models.build(model)
+    srvs = serve_all(path, {
+        fault: ((*TRITON, *flags), tmp_path_factory.mktemp(fault),
+                {**STRICT_ENV, "TRITON_INTERPRET": "1", **env, "RAAS_TEST_FAULT": fault}) for fault in HYBRID_FAULTS
+    })
+    yield srvs
+    for srv in srvs.values():
+        srv.stop()
+
+
+# what SGLang's checks print when the hybrid allocator is freed twice, or a victim page is never freed
+HYBRID_FAULTS = {"double_free": r"_debug_check_no_duplicate_pages|peer_released", "leak": r"(?i)leak detected"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", sorted(HYBRID_FAULTS))
+def test_hybrid_pool_checks_fire_on_injected_fault(fault, faulty_hybrid):
+    """I1 and I3 on the hybrid pool: a victim page freed twice, or never, is reported by SGLang's own checks (the
+    fault wraps `eviction.free_pages`, which frees a hybrid victim with its twin)."""
+    srv = faulty_hybrid[fault]
+    with pytest.raises((urllib.error.URLError, ConnectionError, TimeoutError, OSError)):
+        for _ in range(3):  # evict, finish, go idle: each check gets its chance
+            gen(srv, PROMPT, 60, raas_budget=BUDGET)
+            time.sleep(1.0)
+    deadline = time.monotonic() + 30
+    while not re.search(HYBRID_FAULTS[fault], srv.log_text()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert re.search(HYBRID_FAULTS[fault], srv.log_text()), srv.log_text()[-3000:]

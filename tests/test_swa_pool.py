@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from raas_sglang.patches import radix, runtime, swa_pool
+from raas_sglang.patches import eviction, radix, runtime, swa_pool
 
 PS, FULL, SWA = 16, 256, 160
 
@@ -61,7 +61,7 @@ def _sweep(allocator, rows, kv, pre_len, window=31):
 
 def _evict(allocator, rows, rt, page):
     first = rows.req_to_token[0, page * PS:page * PS + 1].to(torch.int64)  # [1]
-    swa_pool.free_victims(allocator, first, PS)
+    eviction.free_pages(allocator, first // PS)  # the plugin's free of a victim page (hybrid: patches/swa_pool.py)
     rows.req_to_token[0, page * PS:page * PS + PS] = 0
     rt.hole_pages.append(page)
 
