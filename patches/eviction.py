@@ -5,7 +5,8 @@ and for a re-prefilled request's adopted decode pages. The decision itself is th
 dispatching to each row's policy).
 
 Upstream symbols used (not hooked): `PagedTokenToKVPoolAllocator.free_page_ids(page_ids)` (sglang 0.5.23,
-`mem_cache/allocator/paged.py`; a hybrid sliding-window allocator frees through `patches/swa_pool.py`) and the request-to-token map `ReqToTokenPool.req_to_token`.
+`mem_cache/allocator/paged.py`; a hybrid sliding-window allocator frees through `patches/swa_pool.py`) and the
+request-to-token map `ReqToTokenPool.req_to_token`.
 """
 
 from __future__ import annotations

@@ -4,21 +4,22 @@ Full layers and window layers keep their KV in two pools; every full slot of a l
 through `allocator.full_to_swa_index_mapping` (0: none). SGLang frees a request's SWA twins once they leave the
 window (its "sweep": a per-row cursor, `req.kv.get_evicted_seqlen(SWA)`), the full slots when the row is released.
 RaaS evicts a page of the full side (its policy's victim) together with its SWA twin if that twin is still live
-(`free_pages`: `allocator.free` frees the twins the mapping still holds, clears them, then the full slots). From
+(`free_victims`, called by `eviction.free_pages`: the twins the mapping still holds, then the full slots). From
 then on the page is a hole (slot 0 in `req_to_token`), which SGLang's own sweep and release must step over.
 
 Upstream symbols hooked (sglang 0.5.23):
 - `sglang.srt.mem_cache.common.free_swa_out_of_window_slots(req, pre_len, *, ..., free_segment=None)`, AROUND
   (also bound by name in `mem_cache/unified_cache/components/swa.py`; the registry rebinds it): the sweep frees
   `req_to_token[row, cursor:new)` with `free_swa_segment`, which trips `swa.peer_mapped` on a hole (its slot 0 has
-  no twin). For a row with holes it gets a `free_segment` that frees the pieces between the holes (I1).
+  no twin). For a RaaS row it gets a `free_segment` that frees the pieces between the holes (I1); the holes are
+  read only when the sweep frees something.
 - `sglang.srt.managers.scheduler_components.pool_stats_observer.kv_private_swa_tokens(kv, page_size)`, AFTER: a
   hole's SWA twin was freed by RaaS unless the cursor had already passed it, so `page_size` fewer SWA tokens per
   hole outside `[swa_dead_lo, cursor)` keeps SGLang's strict busy check exact (I3).
 Release (`BasePrefixCache.free_kv_row`) needs nothing more than `patches/radix.py`'s hole cut: what is left of
 `[swa_dead_lo, cursor)` is freed full-side only (twins swept), the rest both sides (twins live).
 
-Upstream symbols read: `SWATokenToKVPoolAllocator.free(slots)`, `.full_to_swa_index_mapping`,
+Upstream symbols read: `SWATokenToKVPoolAllocator.free_swa`, `.free_full`, `.full_to_swa_index_mapping`,
 `.full_available_size()`, `.size_full`, `.swa_available_size()`, `.size_swa`; `ReqKvInfo.get_evicted_seqlen`,
 `.swa_dead_lo(page_size)`; `SWAKVPool.full_kv_pool`.
 """
@@ -120,10 +121,13 @@ def kv_private_swa_tokens(result, kv, page_size):
     rt = runtime.get()
     if rt is None or rt.row_of_kv(kv) is None:
         return result
+    row = kv.req_pool_idx
+    if row not in rt.reprefilling and not rt.state.host.evicted[row]:  # NOTE: the host mirror: no hole, no read
+        return result
     from sglang.srt.mem_cache.unified_cache.component_type import ComponentType  # noqa: PLC0415
 
     dead_lo, cursor = kv.swa_dead_lo(page_size), kv.get_evicted_seqlen(ComponentType.SWA)
-    holes = rt.holes(kv.req_pool_idx, kv.kv_allocated_len)
+    holes = rt.holes(row, kv.kv_allocated_len)
     live = sum(1 for p in holes if not dead_lo <= p * page_size < cursor)  # twins RaaS freed itself
     return result - live * page_size
 

@@ -39,10 +39,14 @@ def _admit(allocator, rows, n: int):
 
 
 class _Rt:
-    """The two facts the hooks read from the plugin's runtime: the row is RaaS-managed, and its holes."""
+    """What the hooks read from the plugin's runtime: the row is RaaS-managed, its holes and their count."""
 
     def __init__(self, holes):
-        self.hole_pages, self.config = holes, SimpleNamespace(page_size=PS)
+        self.hole_pages, self.config, self.reprefilling = holes, SimpleNamespace(page_size=PS), {}
+
+    @property
+    def state(self):  # the host mirror's evicted-page count per row
+        return SimpleNamespace(host=SimpleNamespace(evicted=[len(self.hole_pages)] * 2))
 
     def row_of_kv(self, kv):
         return object()
