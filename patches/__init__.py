@@ -15,6 +15,7 @@ Seams (one module each; each names the upstream symbols it hooks):
 - `admission`: prefill admission reserves at most prompt + L pages + one page for a RaaS request.
 - `attention`: the torch-native backend reads resident tokens only; page key bounds and page scores.
 - `attention_triton`, `attention_flashinfer`: the same resident set as kv_indptr/kv_indices for those backends.
+- `mla_torch_native`: an MLA model on torch_native prefills through the absorbed path (stock cannot prefill it).
 - `radix`: hole-aware radix inserts, row frees and pool accounting.
 - `swa_pool`: the hybrid sliding-window pool (gpt-oss): SGLang's window sweep steps over holes; SWA accounting.
 - `api`: per-request validation (HTTP 400), `meta_info["raas"]`, `/get_server_info`, metrics, the decode log.
@@ -61,7 +62,7 @@ def register() -> None:
 def _register_all(hooks) -> None:
     from raas_sglang.patches import (
         admission, api, attention, attention_flashinfer, attention_triton, cpu_disaggregation, cpu_parallel,
-        disaggregation, failpoints, model_checks, overlap, pool_sizing, radix, reprefill, reprefill_attention,
+        disaggregation, failpoints, mla_torch_native, model_checks, overlap, pool_sizing, radix, reprefill, reprefill_attention,
         requests, schedule, server_args, startup_checks, swa_pool,
     )
     from raas_sglang.patches.lazy import register_hooks_when_imported
@@ -84,3 +85,4 @@ def _register_all(hooks) -> None:
         register_hooks_when_imported(attention_triton.MODULE, attention_triton.HOOKS + reprefill_attention.TRITON_HOOKS)
         register_hooks_when_imported(attention_flashinfer.MODULE, attention_flashinfer.HOOKS)
         register_hooks_when_imported(cpu_disaggregation.MODULE, cpu_disaggregation.MOONCAKE_HOOKS)
+        register_hooks_when_imported(mla_torch_native.MODULE, mla_torch_native.HOOKS)

@@ -17,6 +17,9 @@ from raas_sglang.policies import DENSE
 
 SUPPORTED_BACKENDS = frozenset({"torch_native", "triton", "flashinfer"})
 WINDOW_BACKENDS = frozenset({"torch_native", "triton"})  # those on which RaaS applies a layer's sliding window
+# those on which RaaS reads an MLA model's latent cache (torch_native: every extend through the absorbed path,
+# patches/mla_torch_native.py)
+MLA_BACKENDS = frozenset({"torch_native", "triton"})
 # the KV pool and allocator classes whose pages RaaS frees: one per-head K and V buffer per layer (MHA), or one
 # latent buffer per layer (MLA: c_KV then k_pe, one "head"; V is a view of c_KV), behind one paged allocator (read
 # by class name from what SGLang built; anything else, a DSA pool included, is refused after load)
@@ -132,16 +135,16 @@ class Startup(Fields):
 
     @property
     def mla_blocker(self) -> str:
-        """Why this MLA model cannot be served under RaaS, in words ('' when it can: on triton, with Quest scores
-        or the plugin's exact kernel)."""
+        """Why this MLA model cannot be served under RaaS, in words ('' when it can: on torch_native, or on
+        triton with Quest scores or the plugin's exact kernel)."""
         if getattr(self.model.hf_text_config, "index_topk", None) is not None:
             return "DSA attention (DeepSeek V3.2's indexer selects the KV itself, in its own pool)"
-        others = sorted(self.backends - {"triton"})
+        others = sorted(self.backends - MLA_BACKENDS)
         if not self.backends:  # NOTE: fail closed: SGLang resolved no backend that could be checked
             return "MLA attention with no resolved attention backend"
         if others:
-            return (f"MLA attention on the {', '.join(others)} backend (RaaS reads the latent cache on triton only; "
-                    "SGLang's torch_native cannot prefill MLA)")
+            return (f"MLA attention on the {', '.join(others)} backend (RaaS reads the latent cache on torch_native "
+                    "and triton only)")
         return ""
 
     @property

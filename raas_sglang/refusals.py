@@ -169,9 +169,9 @@ STARTUP = (
             "an fp8 KV cache on torch_native (RaaS's batched decode would not apply the cache's scales); use "
             "--kv-cache-dtype auto, or --kv-policy dense", lambda s: s.fp8_kv and s.decode_backend == "torch_native"),
     Refusal("startup.mla-model", "the model's attention is MLA (DeepSeek V2/V3/R1, Kimi K2) and it would decode "
-            "or prefill on a backend other than triton, or it uses DSA's indexer",
-            "{mla_blocker}; use --attention-backend triton (RaaS serves MLA there), or --kv-policy dense for this "
-            "model", lambda s: s.attention_arch == "MLA" and bool(s.mla_blocker),
+            "or prefill on a backend other than torch_native or triton, or it uses DSA's indexer",
+            "{mla_blocker}; use --attention-backend triton or torch_native (RaaS serves MLA there), or --kv-policy "
+            "dense for this model", lambda s: s.attention_arch == "MLA" and bool(s.mla_blocker),
             model=True),
     Refusal("startup.linear-attention-model", "the model has linear-attention or state-space layers (Qwen3-Next, "
             "Qwen3.5, Nemotron-H, Falcon-H1, Mamba, ...)",

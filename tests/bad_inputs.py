@@ -228,9 +228,10 @@ CASES = (
     Launch("fp8-kv-torch-native", "startup.fp8-kv-torch-native", [*_RAAS, "--kv-cache-dtype", "fp8_e4m3", *_POOL],
            _UNSUPPORTED + "an fp8 KV cache on torch_native"),
     # the model matrix (docs/models.md): tiny models of each family, built with transformers' own config classes
-    ModelLaunch("deepseek-v2-torch-native", "startup.mla-model", "deepseek-v2", [*_RAAS, *_POOL],
-                _UNSUPPORTED + "MLA attention on the torch_native backend (RaaS reads the latent cache on triton "
-                "only"),
+    ModelLaunch("deepseek-v2-flashinfer", "startup.mla-model", "deepseek-v2",
+                [*_RAAS, "--attention-backend", "flashinfer", *_POOL],
+                _UNSUPPORTED + "MLA attention on the flashinfer backend (RaaS reads the latent cache on torch_native "
+                "and triton only"),
     # (SGLang's CPU engine needs its Mamba cache without snapshots for this family: no_buffer, page 1)
     ModelLaunch("qwen3-next", "startup.linear-attention-model", "qwen3-next",
                 [*_RAAS, "--page-size", "1", "--mamba-radix-cache-strategy", "no_buffer", *_POOL],

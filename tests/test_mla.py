@@ -1,6 +1,7 @@
 """MLA (DeepSeek V2/V3/R1, Kimi K2) under RaaS, end to end through the real launcher on tiny random-weight DeepSeek
-models (`raas_sglang.dev.family_models`): SGLang's triton backend under the Triton interpreter, page 16, radix
-on, SGLang's strict KV checks.
+models (`raas_sglang.dev.family_models`): SGLang's triton backend under the Triton interpreter, and torch_native
+(every extend through the absorbed path, `patches/mla_torch_native.py`; stock SGLang cannot prefill MLA there),
+page 16, radix on, SGLang's strict KV checks.
 
 An MLA layer keeps one latent row per token (c_KV then the roped k_pe, `MLATokenToKVPool`); decode attends to it
 with the absorbed query, so a page of latent rows is what RaaS evicts, scores (Quest bounds in latent space) and
@@ -14,8 +15,12 @@ cuts out of the tree, exactly as a page of per-head K/V. What is shown here, wit
 - with `--raas-score exact` the plugin's kernel (`kernels/sparse_decode.py`, MLA shape) decodes, and its exact
   page mass drives raas and h2o side by side, each equal to the masked reference (`slow`).
 
-DeepSeek-V2 (dense MLP) with Quest scores runs in `make test` (~3 min); DeepSeek-V3 (MoE, noaux_tc routing), the
-exact-kernel servers, tensor parallel and retraction are `slow`.
+- on torch_native, all five policies in one batch on one server: exact page mass for raas / h2o / streaming,
+  latent Quest bounds selecting for quest / raas+quest.
+
+DeepSeek-V2 (dense MLP) on triton with Quest scores (~3 min) and on torch_native (~1.5 min with the five-policy
+server) runs in `make test`; DeepSeek-V3 (MoE, noaux_tc routing), the exact-kernel servers, tensor parallel and
+retraction (each on both backends) are `slow`.
 """
 
 from __future__ import annotations
@@ -37,17 +42,28 @@ PS = 16
 
 
 COMMON = ("--kv-policy", "raas", "--raas-budget", "256", "--attention-backend", "triton", "--chunked-prefill-size", "128")
+# torch_native: every extend through the absorbed path (patches/mla_torch_native.py), exact page mass
+TORCH_NATIVE = ("--kv-policy", "raas", "--raas-budget", "256", "--attention-backend", "torch_native",
+                "--chunked-prefill-size", "128")
+SERVERS = {  # name -> (model, flags, env)
+    "deepseek-v2": ("deepseek-v2", COMMON, {"TRITON_INTERPRET": "1"}),
+    "deepseek-v2-torch-native": ("deepseek-v2", TORCH_NATIVE, {}),
+    "deepseek-v3": ("deepseek-v3", COMMON, {"TRITON_INTERPRET": "1"}),
+    "deepseek-v3-torch-native": ("deepseek-v3", TORCH_NATIVE, {}),
+}
 
 
-@pytest.fixture(scope="module", params=["deepseek-v2", pytest.param("deepseek-v3", marks=pytest.mark.slow)])
+@pytest.fixture(scope="module", params=["deepseek-v2", "deepseek-v2-torch-native",
+                                        pytest.param("deepseek-v3", marks=pytest.mark.slow),
+                                        pytest.param("deepseek-v3-torch-native", marks=pytest.mark.slow)])
 def mla(request, tmp_path_factory):
-    """(name, server, HF model): a `--kv-policy raas` server on triton (Quest scores, the default) for the family's
-    tiny model."""
+    """(name, server, HF model): a `--kv-policy raas` server for the family's tiny model, on triton (Quest scores,
+    the default there) or torch_native (exact page mass, the default there)."""
     from transformers import AutoModelForCausalLM
 
-    path = family_models.build(request.param)
-    srv = serve(path, *COMMON, tmp=tmp_path_factory.mktemp(f"mla_{request.param}"),
-                env={**STRICT_ENV, "TRITON_INTERPRET": "1"})
+    model, flags, env = SERVERS[request.param]
+    path = family_models.build(model)
+    srv = serve(path, *flags, tmp=tmp_path_factory.mktemp(f"mla_{request.param}"), env={**STRICT_ENV, **env})
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     yield request.param, srv, hf
     srv.stop()
@@ -111,14 +127,51 @@ def test_mla_leak_free(mla):
         time.sleep(0.5)
     assert info["evicted_pages_total"] > 0
     assert info["free_tokens"] + info["evictable_tokens"] == info["pool_tokens"], info
-    # the pool was sized with the latent Quest bounds counted: pool + bounds fit what the pool alone would have
-    # taken (one latent row of kv_lora_rank + rope per token and layer, float32 here), to within a page
-    cell, per_page = 2 * (256 + 32) * 4, 2 * 2 * (256 + 32) * 4
-    before, used = info["pool_tokens_before_bounds"], info["pool_tokens"] * cell + info["key_bounds_bytes"]
-    assert before * cell - (PS * cell + per_page) * 3 < used <= before * cell, (before, info["pool_tokens"])
+    if name.endswith("torch-native"):  # exact page mass: no Quest bounds kept, the pool as SGLang sized it
+        assert info["key_bounds_bytes"] == 0 and info["pool_tokens_before_bounds"] is None, info
+    else:
+        # the pool was sized with the latent Quest bounds counted: pool + bounds fit what the pool alone would have
+        # taken (one latent row of kv_lora_rank + rope per token and layer, float32 here), to within a page
+        cell, per_page = 2 * (256 + 32) * 4, 2 * 2 * (256 + 32) * 4
+        before, used = info["pool_tokens_before_bounds"], info["pool_tokens"] * cell + info["key_bounds_bytes"]
+        assert before * cell - (PS * cell + per_page) * 3 < used <= before * cell, (before, info["pool_tokens"])
     flush(srv)
     flushed = _info(srv)
     assert flushed["free_tokens"] == flushed["pool_tokens"] and flushed["evictable_tokens"] == 0, name
+
+
+def test_mla_selecting_policies_on_torch_native(tmp_path):
+    """torch_native keeps Quest page bounds in latent space for the selecting policies (`--kv-policy raas+quest`),
+    next to exact page mass for the evicting ones, so all five policies run on one MLA server, in one batch: quest
+    holding every page equals dense and with 2 pages selects (differs from dense, evicts nothing, holds O(N));
+    raas+quest equals raas while its selection covers the prompt, is bounded, and equals the masked reference."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from transformers import AutoModelForCausalLM
+
+    path = family_models.build("deepseek-v2")
+    flags = ("--kv-policy", "raas+quest", *TORCH_NATIVE[2:])
+    srv = serve(path, *flags, tmp=tmp_path, env=dict(STRICT_ENV))
+    try:
+        hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        asks = ({"kv_policy": "dense"}, {"kv_policy": "quest", "raas_budget": 256},
+                {"kv_policy": "quest", "raas_budget": BUDGET}, {"kv_policy": "raas", "raas_budget": 48, "raas_trace": True},
+                {"kv_policy": "raas+quest", "raas_budget": 48, "raas_trace": True},
+                {"kv_policy": "h2o", "raas_budget": BUDGET, "raas_trace": True},
+                {"kv_policy": "streaming", "raas_budget": BUDGET, "raas_trace": True})
+        with ThreadPoolExecutor(len(asks)) as pool:  # one batch
+            dense, full, small, raas, rq, h2o, streaming = pool.map(lambda c: gen(srv, PROMPT, 96, **c), asks)
+        assert full["output_ids"] == dense["output_ids"] and full["meta_info"]["raas"]["evicted_pages"] == 0
+        assert small["output_ids"] != dense["output_ids"] and small["meta_info"]["raas"]["evicted_pages"] == 0
+        assert small["meta_info"]["raas"]["peak_kv_tokens"] >= len(PROMPT) + 95
+        assert rq["output_ids"] == raas["output_ids"]  # 3 prompt pages <= 3 selected: the same attention
+        for out, budget, policy in ((rq, 48, None), (h2o, BUDGET, "h2o"), (streaming, BUDGET, "streaming")):
+            meta = out["meta_info"]["raas"]
+            assert meta["evicted_pages"] >= 2 and meta["peak_kv_tokens"] <= bound(len(PROMPT), budget), meta
+            window = streaming_window(len(PROMPT), budget, policy) if policy else None
+            assert masked_reference_error(hf, PROMPT, out, window=window) < 1e-3, meta["policy"]
+    finally:
+        srv.stop()
 
 
 @pytest.mark.slow
@@ -151,16 +204,21 @@ def _exact_kernel_batch(name, srv, hf):
         assert masked_reference_error(hf, PROMPT, out) < 1e-3, (name, raas["policy"])
 
 
+BACKEND_ENV = {"triton": {"TRITON_INTERPRET": "1"}, "torch_native": {}}
+
+
 @pytest.mark.slow
-def test_mla_tensor_parallel(tmp_path):
+@pytest.mark.parametrize("backend", sorted(BACKEND_ENV))
+def test_mla_tensor_parallel(backend, tmp_path):
     """`--tp-size 2`: each rank holds half the query heads over the same (replicated) latent cache; the ranks
-    combine their page scores and agree every step (`RAAS_CHECK_RANKS=1`); raas and h2o in one batch are bounded
-    and equal the HF reference masked to what they kept."""
+    combine their page scores (Quest on triton, exact mass on torch_native) and agree every step
+    (`RAAS_CHECK_RANKS=1`); raas and h2o in one batch are bounded and equal the HF reference masked to what they
+    kept."""
     from transformers import AutoModelForCausalLM
 
     path = family_models.build("deepseek-v2")
-    srv = serve(path, "--kv-policy", "raas", "--raas-budget", "256", "--attention-backend", "triton",
-                "--tp-size", "2", tmp=tmp_path, env={**STRICT_ENV, "TRITON_INTERPRET": "1", "RAAS_CHECK_RANKS": "1"})
+    srv = serve(path, "--kv-policy", "raas", "--raas-budget", "256", "--attention-backend", backend,
+                "--tp-size", "2", tmp=tmp_path, env={**STRICT_ENV, **BACKEND_ENV[backend], "RAAS_CHECK_RANKS": "1"})
     try:
         hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
         outs = gen_policies(srv, PROMPT, 72, ("raas", "h2o"), BUDGET)
@@ -173,15 +231,17 @@ def test_mla_tensor_parallel(tmp_path):
 
 
 @pytest.mark.slow
-def test_mla_retraction_resumes_bounded_and_exact(tmp_path):
+@pytest.mark.parametrize("backend", sorted(BACKEND_ENV))
+def test_mla_retraction_resumes_bounded_and_exact(backend, tmp_path):
     """SGLang retracts every 37 decode steps: a request with evictions resumes by recomputing only its pinned prompt
-    and kept latent pages (the MHA prefill for the first run, the absorbed extend over the hole-free prefix after
-    it), counts each eviction once and equals the masked reference replaying each re-prefill's masks."""
+    and kept latent pages (on triton the MHA prefill for the first run, the absorbed extend over the hole-free
+    prefix after it; on torch_native the absorbed extend throughout), counts each eviction once and equals the
+    masked reference replaying each re-prefill's masks."""
     from transformers import AutoModelForCausalLM
 
     path = family_models.build("deepseek-v2")
-    srv = serve(path, "--kv-policy", "raas", "--raas-budget", "256", "--attention-backend", "triton", tmp=tmp_path,
-                env={**STRICT_ENV, "TRITON_INTERPRET": "1", "SGLANG_TEST_RETRACT": "1",
+    srv = serve(path, "--kv-policy", "raas", "--raas-budget", "256", "--attention-backend", backend, tmp=tmp_path,
+                env={**STRICT_ENV, **BACKEND_ENV[backend], "SGLANG_TEST_RETRACT": "1",
                      "SGLANG_TEST_RETRACT_INTERVAL": "37"})
     try:
         hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
