@@ -2,8 +2,9 @@
 a full layer every resident token, on the decode path and when a retracted request with holes is re-prefilled (the
 window is masked by logical positions there, `reprefill_attention.windowed_extend`). A tiny Gemma 3 (5 window
 layers of 32 tokens + 1 full layer) on torch_native; on triton under the interpreter a tiny Gemma 3, a tiny gpt-oss
-(sinks) on one pool and on SGLang's hybrid SWA pool (`patches/swa_pool.py`). The served/refused checks of the
-families are in tests/test_model_matrix.py; the hybrid allocator's frees in tests/test_swa_pool.py."""
+(sinks) on one pool and on SGLang's hybrid SWA pool (`patches/swa_pool.py`); tensor parallel 2 for Gemma 3 on
+torch_native and gpt-oss on the hybrid pool. The served/refused checks of the families are in
+tests/test_model_matrix.py; the hybrid allocator's frees in tests/test_swa_pool.py."""
 
 from __future__ import annotations
 
@@ -197,3 +198,40 @@ def test_hybrid_pool_checks_fire_on_injected_fault(fault, faulty_hybrid):
     while not re.search(HYBRID_FAULTS[fault], srv.log_text()) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert re.search(HYBRID_FAULTS[fault], srv.log_text()), srv.log_text()[-3000:]
+
+
+# -- tensor parallel: each rank holds half the heads of every layer, window and full ---------------------------------
+
+TP_FAMILIES = {  # name: (model, flags, env, triton decode window)
+    "gemma3-torch-native": ("gemma3", ("--kv-policy", "raas", "--raas-budget", "256"), {}, False),
+    "gpt-oss-hybrid": ("gpt-oss", (*TRITON, *TRITON_FAMILIES["gpt-oss-hybrid"][1]),
+                       {"TRITON_INTERPRET": "1", **TRITON_FAMILIES["gpt-oss-hybrid"][2]}, True),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", sorted(TP_FAMILIES))
+def test_windowed_tensor_parallel(family, tmp_path):
+    """`--tp-size 2`: each rank holds one of the two KV heads of every layer (window and full; gpt-oss: its window
+    pool too) and scores pages from its own heads; the ranks combine their page scores and agree every step
+    (`RAAS_CHECK_RANKS=1`), so both evict the same pages; raas and h2o in one batch are bounded and equal the HF
+    model (its windows in the sliding layers) masked to what they kept; the pools are leak-free afterwards."""
+    from transformers import AutoModelForCausalLM
+
+    model, flags, env, triton = TP_FAMILIES[family]
+    path = family_models.build(model)
+    srv = serve(path, *flags, "--tp-size", "2", tmp=tmp_path,
+                env={**STRICT_ENV, **env, "RAAS_CHECK_RANKS": "1"})
+    try:
+        hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        outs = gen_policies(srv, PROMPT, 100, ("raas", "h2o"), BUDGET)
+        for out in outs:
+            raas = out["meta_info"]["raas"]
+            assert raas["evicted_pages"] >= 4 and raas["peak_kv_tokens"] == bound(len(PROMPT), BUDGET), raas
+            assert masked_reference_error(hf, PROMPT, out, triton=triton) < 1e-3, raas["policy"]
+        info = _info(srv)
+        assert info["tp_size"] == 2 and info["free_tokens"] + info["evictable_tokens"] == info["pool_tokens"], info
+        if "swa_pool_tokens" in info:
+            assert info["swa_free_tokens"] + info["swa_evictable_tokens"] == info["swa_pool_tokens"], info
+    finally:
+        srv.stop()
