@@ -18,14 +18,14 @@ cuts out of the tree, exactly as a page of per-head K/V. What is shown here, wit
 - on torch_native, all five policies in one batch on one server: exact page mass for raas / h2o / streaming,
   latent Quest bounds selecting for quest / raas+quest.
 
-DeepSeek-V2 (dense MLP) on triton with Quest scores (~3 min) and on torch_native (~1.5 min with the five-policy
-server) runs in `make test`; DeepSeek-V3 (MoE, noaux_tc routing), the exact-kernel servers, tensor parallel and
+DeepSeek-V2 (dense MLP) on triton with Quest scores (~3 min) and on torch_native (~1 min) runs in `make test`; DeepSeek-V3 (MoE, noaux_tc routing), the exact-kernel servers, tensor parallel and
 retraction (each on both backends) are `slow`.
 """
 
 from __future__ import annotations
 
 import time
+import urllib.error
 
 import pytest
 import torch
@@ -42,8 +42,9 @@ PS = 16
 
 
 COMMON = ("--kv-policy", "raas", "--raas-budget", "256", "--attention-backend", "triton", "--chunked-prefill-size", "128")
-# torch_native: every extend through the absorbed path (patches/mla_torch_native.py), exact page mass
-TORCH_NATIVE = ("--kv-policy", "raas", "--raas-budget", "256", "--attention-backend", "torch_native",
+# torch_native: every extend through the absorbed path (patches/mla_torch_native.py); exact page mass for the
+# evicting policies, and, with a selecting policy as the server's, latent Quest bounds for quest / raas+quest
+TORCH_NATIVE = ("--kv-policy", "raas+quest", "--raas-budget", "256", "--attention-backend", "torch_native",
                 "--chunked-prefill-size", "128")
 SERVERS = {  # name -> (model, flags, env)
     "deepseek-v2": ("deepseek-v2", COMMON, {"TRITON_INTERPRET": "1"}),
@@ -57,8 +58,9 @@ SERVERS = {  # name -> (model, flags, env)
                                         pytest.param("deepseek-v3", marks=pytest.mark.slow),
                                         pytest.param("deepseek-v3-torch-native", marks=pytest.mark.slow)])
 def mla(request, tmp_path_factory):
-    """(name, server, HF model): a `--kv-policy raas` server for the family's tiny model, on triton (Quest scores,
-    the default there) or torch_native (exact page mass, the default there)."""
+    """(name, server, HF model): a budgeted server for the family's tiny model, on triton (`--kv-policy raas`, Quest
+    scores, the default there) or torch_native (`--kv-policy raas+quest`: exact page mass for raas, h2o and
+    streaming, the default there, and latent Quest bounds for the selecting policies)."""
     from transformers import AutoModelForCausalLM
 
     model, flags, env = SERVERS[request.param]
@@ -85,7 +87,7 @@ def test_mla_bounded_and_masked_exact(mla):
     name, srv, hf = mla
     flush(srv)
     pool = _info(srv)
-    out = gen(srv, PROMPT, 88, raas_budget=BUDGET, raas_trace=True)  # decode pages 3..7 open: 3 evicted
+    out = gen(srv, PROMPT, 88, kv_policy="raas", raas_budget=BUDGET, raas_trace=True)  # pages 3..7 open: 3 evicted
     assert out["meta_info"]["raas"]["evicted_pages"] >= 3, name
     assert pool["free_tokens"] - _info(srv)["kv_free_low_water_tokens"] == bound(len(PROMPT), BUDGET), name
     assert masked_reference_error(hf, PROMPT, out) < 1e-3, name
@@ -127,51 +129,47 @@ def test_mla_leak_free(mla):
         time.sleep(0.5)
     assert info["evicted_pages_total"] > 0
     assert info["free_tokens"] + info["evictable_tokens"] == info["pool_tokens"], info
-    if name.endswith("torch-native"):  # exact page mass: no Quest bounds kept, the pool as SGLang sized it
-        assert info["key_bounds_bytes"] == 0 and info["pool_tokens_before_bounds"] is None, info
-    else:
-        # the pool was sized with the latent Quest bounds counted: pool + bounds fit what the pool alone would have
-        # taken (one latent row of kv_lora_rank + rope per token and layer, float32 here), to within a page
-        cell, per_page = 2 * (256 + 32) * 4, 2 * 2 * (256 + 32) * 4
-        before, used = info["pool_tokens_before_bounds"], info["pool_tokens"] * cell + info["key_bounds_bytes"]
-        assert before * cell - (PS * cell + per_page) * 3 < used <= before * cell, (before, info["pool_tokens"])
+    # the pool was sized with the latent Quest bounds counted: pool + bounds fit what the pool alone would have
+    # taken (one latent row of kv_lora_rank + rope per token and layer, float32 here), to within a page
+    cell, per_page = 2 * (256 + 32) * 4, 2 * 2 * (256 + 32) * 4
+    before, used = info["pool_tokens_before_bounds"], info["pool_tokens"] * cell + info["key_bounds_bytes"]
+    assert before * cell - (PS * cell + per_page) * 3 < used <= before * cell, (before, info["pool_tokens"])
     flush(srv)
     flushed = _info(srv)
     assert flushed["free_tokens"] == flushed["pool_tokens"] and flushed["evictable_tokens"] == 0, name
 
 
-def test_mla_selecting_policies_on_torch_native(tmp_path):
-    """torch_native keeps Quest page bounds in latent space for the selecting policies (`--kv-policy raas+quest`),
-    next to exact page mass for the evicting ones, so all five policies run on one MLA server, in one batch: quest
-    holding every page equals dense and with 2 pages selects (differs from dense, evicts nothing, holds O(N));
-    raas+quest equals raas while its selection covers the prompt, is bounded, and equals the masked reference."""
+def test_mla_selecting_policies(mla):
+    """torch_native keeps Quest page bounds in latent space for the selecting policies next to exact page mass for
+    the evicting ones, so all five policies run on one MLA server, in one batch: quest holding every page equals
+    dense and with 2 pages selects (differs from dense, evicts nothing, holds O(N)); raas+quest equals raas while
+    its selection covers the prompt; raas+quest, h2o and streaming are bounded and equal the masked reference.
+    On triton a selecting request is refused (HTTP 400) and the server serves on."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from transformers import AutoModelForCausalLM
-
-    path = family_models.build("deepseek-v2")
-    flags = ("--kv-policy", "raas+quest", *TORCH_NATIVE[2:])
-    srv = serve(path, *flags, tmp=tmp_path, env=dict(STRICT_ENV))
-    try:
-        hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-        asks = ({"kv_policy": "dense"}, {"kv_policy": "quest", "raas_budget": 256},
-                {"kv_policy": "quest", "raas_budget": BUDGET}, {"kv_policy": "raas", "raas_budget": 48, "raas_trace": True},
-                {"kv_policy": "raas+quest", "raas_budget": 48, "raas_trace": True},
-                {"kv_policy": "h2o", "raas_budget": BUDGET, "raas_trace": True},
-                {"kv_policy": "streaming", "raas_budget": BUDGET, "raas_trace": True})
-        with ThreadPoolExecutor(len(asks)) as pool:  # one batch
-            dense, full, small, raas, rq, h2o, streaming = pool.map(lambda c: gen(srv, PROMPT, 96, **c), asks)
-        assert full["output_ids"] == dense["output_ids"] and full["meta_info"]["raas"]["evicted_pages"] == 0
-        assert small["output_ids"] != dense["output_ids"] and small["meta_info"]["raas"]["evicted_pages"] == 0
-        assert small["meta_info"]["raas"]["peak_kv_tokens"] >= len(PROMPT) + 95
-        assert rq["output_ids"] == raas["output_ids"]  # 3 prompt pages <= 3 selected: the same attention
-        for out, budget, policy in ((rq, 48, None), (h2o, BUDGET, "h2o"), (streaming, BUDGET, "streaming")):
-            meta = out["meta_info"]["raas"]
-            assert meta["evicted_pages"] >= 2 and meta["peak_kv_tokens"] <= bound(len(PROMPT), budget), meta
-            window = streaming_window(len(PROMPT), budget, policy) if policy else None
-            assert masked_reference_error(hf, PROMPT, out, window=window) < 1e-3, meta["policy"]
-    finally:
-        srv.stop()
+    name, srv, hf = mla
+    if not name.endswith("torch-native"):
+        with pytest.raises(urllib.error.HTTPError) as err:
+            gen(srv, PROMPT, 4, kv_policy="quest", raas_budget=BUDGET)
+        assert err.value.code == 400 and "'quest'" in err.value.read().decode(), name
+        assert len(gen(srv, PROMPT, 4)["output_ids"]) == 4
+        return
+    asks = ({"kv_policy": "dense"}, {"kv_policy": "quest", "raas_budget": 256},
+            {"kv_policy": "quest", "raas_budget": BUDGET}, {"kv_policy": "raas", "raas_budget": 48},
+            {"kv_policy": "raas+quest", "raas_budget": 48, "raas_trace": True},
+            {"kv_policy": "h2o", "raas_budget": BUDGET, "raas_trace": True},
+            {"kv_policy": "streaming", "raas_budget": BUDGET, "raas_trace": True})
+    with ThreadPoolExecutor(len(asks)) as pool:  # one batch
+        dense, full, small, raas, rq, h2o, streaming = pool.map(lambda c: gen(srv, PROMPT, 96, **c), asks)
+    assert full["output_ids"] == dense["output_ids"] and full["meta_info"]["raas"]["evicted_pages"] == 0, name
+    assert small["output_ids"] != dense["output_ids"] and small["meta_info"]["raas"]["evicted_pages"] == 0, name
+    assert small["meta_info"]["raas"]["peak_kv_tokens"] >= len(PROMPT) + 95
+    assert rq["output_ids"] == raas["output_ids"], name  # 3 prompt pages <= 3 selected: the same attention
+    for out, budget in ((rq, 48), (h2o, BUDGET), (streaming, BUDGET)):
+        meta = out["meta_info"]["raas"]
+        assert meta["evicted_pages"] >= 2 and meta["peak_kv_tokens"] <= bound(len(PROMPT), budget), meta
+        window = streaming_window(len(PROMPT), budget, meta["policy"])
+        assert masked_reference_error(hf, PROMPT, out, window=window) < 1e-3, (name, meta["policy"])
 
 
 @pytest.mark.slow
