@@ -206,7 +206,7 @@ LOADED = (
             lambda x: x.pool == HYBRID_SWA[0] and (not x.backends or bool(x.backends - HYBRID_SWA_BACKENDS))),
     Refusal("loaded.attention-layers", "the attention layers found in the loaded model do not cover the KV pool's "
             "layers one to one (e.g. SGLang's Transformers backend, `--model-impl transformers`, keeps them outside "
-            "the module tree)",
+            "the module tree; Gemma 3n/4's KV-shared layers read another layer's KV)",
             "a model whose attention layers RaaS cannot read (KV pool layers {unread_layers} have no single "
             "RadixAttention in the model's modules: their windows and caps are unknown); use --kv-policy dense, or "
             "SGLang's native implementation of the model", lambda x: bool(x.unread_layers)),

@@ -241,6 +241,10 @@ CASES = (
                  "--disaggregation-transfer-backend", "mooncake_tcp", "--disaggregation-decode-retraction-backup",
                  "cpu_tensor", *_POOL],
                 _UNSUPPORTED + "a hybrid sliding-window KV pool on a PD decode server"),
+    # Gemma 4's on-device variants: the last layers attend with an earlier layer's KV (two layers on one)
+    ModelLaunch("gemma4-kv-shared", "loaded.attention-layers", "gemma4-kv-shared",
+                [*_RAAS, "--attention-backend", "triton", *_POOL],
+                _UNSUPPORTED + "a model whose attention layers RaaS cannot read (KV pool layers"),
     ModelLaunch("llama4", "startup.chunked-attention-model", "llama4", [*_RAAS, *_POOL],
                 _UNSUPPORTED + "chunked-attention models"),
     ModelLaunch("gemma2", "loaded.torch-native-features", "gemma2", [*_RAAS, *_POOL],

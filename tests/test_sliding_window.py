@@ -2,7 +2,8 @@
 a full layer every resident token, on the decode path and when a retracted request with holes is re-prefilled (the
 window is masked by logical positions there, `reprefill_attention.windowed_extend`). A tiny Gemma 3 (5 window
 layers of 32 tokens + 1 full layer) on torch_native; on triton under the interpreter a tiny Gemma 3, a tiny gpt-oss
-(sinks) on one pool and on SGLang's hybrid SWA pool (`patches/swa_pool.py`); tensor parallel 2 for Gemma 3 on
+(sinks) on one pool and on SGLang's hybrid SWA pool (`patches/swa_pool.py`), a tiny Gemma 4 on the hybrid pool;
+tensor parallel 2 for Gemma 3 on
 torch_native and gpt-oss on the hybrid pool. The served/refused checks of the families are in
 tests/test_model_matrix.py; the hybrid allocator's frees in tests/test_swa_pool.py."""
 
@@ -63,6 +64,8 @@ TRITON_FAMILIES = {  # name: (model, flags, env)
     # step, so its sweep crosses the holes; every KV and tree check it has, its SWA guards raising
     "gpt-oss-hybrid": ("gpt-oss", ("--moe-runner-backend", "triton"),
                        {**ALL_KV_CHECKS, "SGLANG_SWA_EVICTION_INTERVAL": "1"}),
+    # Gemma 4 gets the hybrid pool too (SGLang serves it on triton, not torch_native); its full layers read V = K
+    "gemma4-hybrid": ("gemma4", (), {**ALL_KV_CHECKS, "SGLANG_SWA_EVICTION_INTERVAL": "1"}),
 }
 
 
@@ -136,9 +139,9 @@ def test_triton_window_second_turn_and_leak_free(windowed_triton):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["gpt-oss", "gpt-oss-hybrid"])
+@pytest.mark.parametrize("family", ["gpt-oss", "gpt-oss-hybrid", "gemma4-hybrid"])
 def test_triton_window_retraction_resumes_bounded_and_exact(tmp_path, family):
-    """gpt-oss on triton through retractions (SGLang retracts every 37 decode steps): each request with evictions
+    """gpt-oss and Gemma 4 on triton through retractions (SGLang retracts every 37 decode steps): each request with evictions
     resumes by recomputing only its pinned prompt and kept pages; the window layers' extend over the holes is
     recomputed by logical position, with the sinks (`reprefill_attention.triton_windowed_extend`); each stays within
     its bound and equals the reference replaying each re-prefill's masks."""

@@ -3,7 +3,7 @@
 
     python -m raas_sglang.dev.family_models [FAMILY ...]      # into .models/family/<name>
 
-Each model has 2 layers (gemma3: 6, 5 sliding + 1 full), hidden 64, 4 query heads, float32, vocab 512, and the
+Each model has 2 layers (gemma3: 6, 5 sliding + 1 full; gemma4: 6, 2 of 3 sliding), hidden 64, 4 query heads, float32, vocab 512, and the
 tiny model's tokenizer (`raas_sglang.dev.tiny_model`). A family's entry gives its config class, the fields that
 make it that family, and the `config.json` extras real checkpoints carry that SGLang reads.
 """
@@ -22,6 +22,14 @@ ROOT = tiny_model.REPO_ROOT / ".models" / "family"
 BUILD_VERSION = 1
 BASE = dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=4096, vocab_size=512)
+
+
+# a tiny text-only Gemma 4 (one head dim for both layer kinds: SGLang 0.5.23 cannot parse transformers' per-layer
+# config of a `gemma4_text` model), and what SGLang's config parser adds for a multimodal `gemma4` checkpoint
+_GEMMA4 = dict(num_hidden_layers=6, head_dim=16, global_head_dim=16, sliding_window=32, tie_word_embeddings=True,
+               hidden_size_per_layer_input=16, vocab_size_per_layer_input=512,
+               layer_types=["sliding_attention"] * 2 + ["full_attention"] + ["sliding_attention"] * 2 + ["full_attention"])
+_GEMMA4_EXTRAS = dict(swa_head_dim=16, swa_v_head_dim=16, swa_num_key_value_heads=2, v_head_dim=16)
 
 
 class Family(NamedTuple):
@@ -49,6 +57,13 @@ FAMILIES: dict[str, Family] = {
     "gemma3": Family("Gemma3TextConfig", "Gemma3ForCausalLM",
                      dict(num_hidden_layers=6, head_dim=16, sliding_window=32, query_pre_attn_scalar=16,
                           tie_word_embeddings=True)),
+    # Gemma 4: SGLang builds its hybrid SWA pool (window layers in their own pool), unlike Gemma 3's; its full
+    # layers read V = K (`attention_k_eq_v`), and per-layer inputs feed every layer
+    "gemma4": Family("Gemma4TextConfig", "Gemma4ForCausalLM", dict(**_GEMMA4, attention_k_eq_v=True),
+                     extras=_GEMMA4_EXTRAS),
+    # its on-device variants share KV between layers (`num_kv_shared_layers`): refused once loaded
+    "gemma4-kv-shared": Family("Gemma4TextConfig", "Gemma4ForCausalLM", dict(**_GEMMA4, num_kv_shared_layers=2),
+                               extras=_GEMMA4_EXTRAS),
     "olmo2": Family("Olmo2Config", "Olmo2ForCausalLM", {}),
     "deepseek-v2": Family("DeepseekV2Config", "DeepseekV2ForCausalLM",
                           dict(num_key_value_heads=4, q_lora_rank=32, kv_lora_rank=256, qk_nope_head_dim=16,
