@@ -6,7 +6,8 @@ transfer engine; `make setup`), requests sent through `python -m sglang_router.l
 The decode server pins each transferred prompt and evicts decode pages as a single server does; SGLang forces
 retractions on it (`SGLANG_TEST_RETRACT`), and a retracted request resumes from its host copy
 (`--disaggregation-decode-retraction-backup cpu_tensor`) with only its pinned and kept pages
-(patches/disaggregation.py). Every SGLang strict KV check is on in both servers.
+(patches/disaggregation.py). Every SGLang strict KV check is on in both servers. MLA (a tiny DeepSeek-V2, its latent
+pages moved and resumed the same way) is `slow`.
 """
 
 from __future__ import annotations
@@ -161,3 +162,53 @@ def test_router_serves_with_the_decode_servers_settings_and_both_sides_end_leak_
     assert info["evicted_pages_total"] > 0
     flush(pd.prefill)
     assert len(pd_gen(pd, PROMPT[:20], 8)["output_ids"]) == 8
+
+
+@pytest.mark.slow
+def test_mla_decode_server_resumes_bounded_and_exact(tmp_path):
+    """MLA under PD disaggregation: a tiny DeepSeek-V2 prefilled by a dense triton server (under the interpreter)
+    and decoded by a RaaS server on torch_native (`patches/mla_torch_native.py`), the latent pages moved by mooncake.
+    Three requests, retracted on the decode server every 37 steps: each stays within its bound, a retracted one with
+    evictions resumes from its host copy with only its kept latent pages (nothing recomputed), and every output
+    equals the Hugging Face model masked to what was kept; the decode pool is leak-free afterwards."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from raas_sglang.dev import family_models
+
+    path = family_models.build("deepseek-v2")
+    for side in ("prefill", "decode"):
+        (tmp_path / side).mkdir()
+    boot = free_port()
+    transfer = ("--disaggregation-transfer-backend", "mooncake_tcp")
+    servers = serve_all(path, {
+        "prefill": ((*transfer, "--disaggregation-mode", "prefill", "--disaggregation-bootstrap-port", str(boot),
+                     "--page-size", "16", "--attention-backend", "triton"), tmp_path / "prefill",
+                    pd_env(TRITON_INTERPRET="1")),
+        "decode": ((*transfer, "--disaggregation-mode", "decode", "--kv-policy", "raas", "--raas-budget", str(BUDGET),
+                    "--attention-backend", "torch_native", "--disaggregation-decode-retraction-backup", "cpu_tensor"),
+                   tmp_path / "decode", pd_env(SGLANG_TEST_RETRACT="1", SGLANG_TEST_RETRACT_INTERVAL="37")),
+    })
+    try:
+        pd = PD(None, servers["prefill"], servers["decode"], boot)
+        hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        prompt = [1] + list(range(30, 70))  # 41 tokens: 3 pinned pages
+        budgets = (32, 48, 256)
+        with ThreadPoolExecutor(len(budgets)) as pool:
+            outs = list(pool.map(lambda b: pd_gen(pd, prompt, 120, raas_budget=b, raas_trace=True), budgets))
+        for budget, out in zip(budgets, outs):
+            raas = out["meta_info"]["raas"]
+            pages = -(-(len(prompt) + 119) // 16) - -(-len(prompt) // 16)
+            assert raas["evicted_pages"] == max(0, pages - budget // 16) == len(raas["trace"]), raas
+            assert raas["peak_kv_tokens"] <= bound(len(prompt), budget) and raas["bounded_reprefills"] == 0, raas
+            assert masked_reference_error(hf, prompt, out) < 1e-3, budget
+        assert any(o["meta_info"]["num_retractions"] and o["meta_info"]["raas"]["evicted_pages"] for o in outs)
+        resumes = re.findall(r"from its host copy: (\d+) of (\d+) pages allocated \((\d+) evicted before\)",
+                             pd.decode.log_text())
+        assert any(int(evicted) > 0 and int(kept) + int(evicted) == int(total) for kept, total, evicted in resumes)
+        flush(pd.decode)
+        info = pool_info(pd.decode)
+        assert info["free_tokens"] == info["pool_tokens"] and info["evicted_pages_total"] > 0, info
+    finally:
+        for srv in servers.values():
+            srv.stop()
