@@ -62,8 +62,8 @@ def register() -> None:
 def _register_all(hooks) -> None:
     from raas_sglang.patches import (
         admission, api, attention, attention_flashinfer, attention_triton, cpu_disaggregation, cpu_parallel,
-        disaggregation, failpoints, mla_torch_native, model_checks, overlap, pool_sizing, radix, reprefill, reprefill_attention,
-        requests, schedule, server_args, startup_checks, swa_pool,
+        disaggregation, failpoints, mla_torch_native, model_checks, overlap, pool_sizing, radix, reprefill,
+        reprefill_attention, requests, schedule, server_args, startup_checks, swa_pool,
     )
     from raas_sglang.patches.lazy import register_hooks_when_imported
 

@@ -173,9 +173,10 @@ def run_sdpa_forward_decode(orig, self, query, output, k_cache, v_cache, req_to_
 
 
 def _fold_keys(rt: runtime.Runtime, layer, forward_batch, k, pool=None) -> None:
-    """Fold the keys this layer just wrote into the Quest bounds. NOTE: an MLA model's prefill runs through its MHA
-    attention (per-head K rebuilt from the latent, `save_kv_cache=False`) after the model wrote the latent rows
-    itself: those rows are read back from the pool (`pool` given), the only keys decode will see."""
+    """Fold the keys this layer just wrote into the Quest bounds. NOTE: an MLA model's prefill on triton runs
+    through its MHA attention (per-head K rebuilt from the latent, `save_kv_cache=False`) after the model wrote the
+    latent rows itself: those rows are read back from the pool (`pool` given), the only keys decode will see. On
+    torch_native every extend is absorbed (`patches/mla_torch_native.py`): `k` is the latent row itself."""
     if rt.bounds is None:
         return
     loc = forward_batch.out_cache_loc.to(torch.int64)  # [tokens]

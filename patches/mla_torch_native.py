@@ -13,8 +13,10 @@ does under `--enable-deterministic-inference` on triton (`_dispatch_mla_subtype`
 Upstream symbols hooked (sglang 0.5.23, `sglang/srt/models/deepseek_v2.py`):
 - `DeepseekV2AttentionMLA.dispatch_attn_forward_method(self, forward_batch)`, AROUND: when the backend it resolved
   (`self.current_attention_backend`, set by that call) is torch_native, return
-  `deepseek_common.attention_backend_handler._dispatch_mla_subtype(self, forward_batch)` (the absorbed `MLA`,
-  or SGLang's fused-rope CPU variant of it on an AMX CPU). A server whose `--kv-policy` is dense is left as stock.
+  `deepseek_common.attention_backend_handler._dispatch_mla_subtype(self, forward_batch)` (the absorbed `MLA`, or
+  SGLang's fused-rope CPU variant of it on an AMX CPU: not run here, the test machine has no AMX), mapped through
+  `resolve_rocm_forward_method` as upstream's dispatch maps its own. A server whose `--kv-policy` is dense is left
+  as stock (its torch_native still fails at the first MLA prefill).
 """
 
 from __future__ import annotations
@@ -30,9 +32,11 @@ def dispatch_attn_forward_method(orig, self, forward_batch):
     method = orig(self, forward_batch)
     if getattr(self, "current_attention_backend", None) != TORCH_NATIVE or runtime.get() is None:
         return method
-    from sglang.srt.models.deepseek_common.attention_backend_handler import _dispatch_mla_subtype
+    from sglang.srt.models.deepseek_common.attention_backend_handler import (
+        _dispatch_mla_subtype, resolve_rocm_forward_method,
+    )
 
-    return _dispatch_mla_subtype(self, forward_batch)
+    return resolve_rocm_forward_method(_dispatch_mla_subtype(self, forward_batch))
 
 
 HOOKS = ((MODULE + ".DeepseekV2AttentionMLA.dispatch_attn_forward_method", dispatch_attn_forward_method, "AROUND"),)

@@ -71,13 +71,23 @@ def _layer(attn, sinks: bool) -> AttnLayer:
 
 def pool_name(pool) -> str:
     """The pool's class name; a hybrid sliding-window pool reads `SWAKVPool` only when both its sub-pools are
-    per-head (`SWAKVPool(<full>, <window>)` otherwise, which no refusal row supports)."""
+    per-head with one KV shape (`SWAKVPool(<full>, <window>)` otherwise, which no refusal row supports). NOTE: the
+    Quest page bounds hold one key shape for every layer (indexed by full slots), so window layers whose heads
+    differ from the full layers' (the released Gemma 4 checkpoints: head_dim 256 vs 512) are refused."""
     name = type(pool).__name__
     full, swa = getattr(pool, "full_kv_pool", None), getattr(pool, "swa_kv_pool", None)
     if full is None and swa is None:
         return name
     parts = (type(full).__name__, type(swa).__name__)
-    return name if parts == ("MHATokenToKVPool", "MHATokenToKVPool") else f"{name}({', '.join(parts)})"
+    if parts != ("MHATokenToKVPool", "MHATokenToKVPool"):
+        return f"{name}({', '.join(parts)})"
+    shapes = [_kv_shape(p) for p in (full, swa)]
+    return name if shapes[0] == shapes[1] else f"{name}({', '.join(f'{c}: K/V {s}' for c, s in zip(parts, shapes))})"
+
+
+def _kv_shape(pool) -> str:
+    """`heads x head_dim / v_head_dim` of a per-head pool."""
+    return f"{pool.head_num} x {pool.head_dim}/{pool.v_head_dim}"
 
 
 def loaded_view(scheduler) -> Loaded:

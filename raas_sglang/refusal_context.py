@@ -135,8 +135,8 @@ class Startup(Fields):
 
     @property
     def mla_blocker(self) -> str:
-        """Why this MLA model cannot be served under RaaS, in words ('' when it can: on torch_native, or on
-        triton with Quest scores or the plugin's exact kernel)."""
+        """Why this MLA model cannot be served under RaaS, in words ('' when it can: on torch_native and triton;
+        not DSA)."""
         if getattr(self.model.hf_text_config, "index_topk", None) is not None:
             return "DSA attention (DeepSeek V3.2's indexer selects the KV itself, in its own pool)"
         others = sorted(self.backends - MLA_BACKENDS)

@@ -194,10 +194,10 @@ STARTUP = (
 # (patches/model_checks.py): what the model really does, whatever its config says
 LOADED = (
     Refusal("loaded.kv-pool", "SGLang built a KV pool or allocator other than a per-head or MLA-latent paged one "
-            "({supported_pools}) or a hybrid sliding-window pair of per-head pools (SWAKVPool)",
+            "({supported_pools}) or a hybrid sliding-window pair of per-head pools of one K/V shape (SWAKVPool)",
             "the KV pool SGLang built for this model ({pool} with {allocator}; RaaS frees pages of a per-head or "
-            "MLA-latent paged pool, or of a hybrid sliding-window pair of per-head pools, only); use --kv-policy "
-            "dense for this model", lambda x: not pool_supported(x.pool, x.allocator)),
+            "MLA-latent paged pool, or of a hybrid sliding-window pair of per-head pools of one K/V shape, only); "
+            "use --kv-policy dense for this model", lambda x: not pool_supported(x.pool, x.allocator)),
     Refusal("loaded.hybrid-swa-backend", "SGLang built a hybrid sliding-window pool (gpt-oss: window layers in "
             "their own pool) and a backend other than triton would run it",
             "a hybrid sliding-window KV pool on {swa_pool_backends} backend (RaaS maps the window layers' resident "

@@ -19,7 +19,8 @@ def assert_raas_equals_dense(server, ids, n: int, label: str = "") -> dict:
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(2) as ex:  # one batch
-        raas, dense = ex.map(lambda c: gen(server, ids, n, **c), ({"raas_budget": 256}, {"kv_policy": "dense"}))
+        raas, dense = ex.map(lambda c: gen(server, ids, n, **c),
+                             ({"kv_policy": "raas", "raas_budget": 256}, {"kv_policy": "dense"}))
     assert raas["meta_info"]["raas"]["evicted_pages"] == 0, label
     assert raas["output_ids"] == dense["output_ids"], label
     return raas

@@ -167,7 +167,8 @@ def test_router_serves_with_the_decode_servers_settings_and_both_sides_end_leak_
 @pytest.mark.slow
 def test_mla_decode_server_resumes_bounded_and_exact(tmp_path):
     """MLA under PD disaggregation: a tiny DeepSeek-V2 prefilled by a dense triton server (under the interpreter)
-    and decoded by a RaaS server on torch_native (`patches/mla_torch_native.py`), the latent pages moved by mooncake.
+    and decoded by a RaaS server on torch_native, the latent pages moved by mooncake (the decode server runs no
+    extend: a resumed request comes back from its host copy).
     Three requests, retracted on the decode server every 37 steps: each stays within its bound, a retracted one with
     evictions resumes from its host copy with only its kept latent pages (nothing recomputed), and every output
     equals the Hugging Face model masked to what was kept; the decode pool is leak-free afterwards."""

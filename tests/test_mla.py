@@ -18,7 +18,8 @@ cuts out of the tree, exactly as a page of per-head K/V. What is shown here, wit
 - on torch_native, all five policies in one batch on one server: exact page mass for raas / h2o / streaming,
   latent Quest bounds selecting for quest / raas+quest.
 
-DeepSeek-V2 (dense MLP) on triton with Quest scores (~3 min) and on torch_native (~1 min) runs in `make test`; DeepSeek-V3 (MoE, noaux_tc routing), the exact-kernel servers, tensor parallel and
+DeepSeek-V2 (dense MLP) on triton with Quest scores (~3 min) and on torch_native (~1 min) runs in `make test`;
+DeepSeek-V3 (MoE, noaux_tc routing), the exact-kernel servers, tensor parallel and
 retraction (each on both backends) are `slow`.
 """
 
@@ -113,9 +114,9 @@ def test_mla_second_turn_hits_the_radix_cache(mla):
     tree (`cached_tokens`) and decodes over them through the absorbed-MLA extend, exactly as the HF model."""
     name, srv, hf = mla
     flush(srv)
-    first = gen(srv, PROMPT, 24, raas_budget=256)
+    first = gen(srv, PROMPT, 24, kv_policy="raas", raas_budget=256)
     history = PROMPT + first["output_ids"]  # 65 tokens: 4 full pages the tree can hold
-    second = gen(srv, history + [5, 6, 7], 8, raas_budget=256)
+    second = gen(srv, history + [5, 6, 7], 8, kv_policy="raas", raas_budget=256)
     assert second["meta_info"]["cached_tokens"] == (len(history) // PS) * PS, name
     assert masked_reference_error(hf, history + [5, 6, 7], second, dense=True) < 1e-3, name
 
@@ -139,12 +140,17 @@ def test_mla_leak_free(mla):
     assert flushed["free_tokens"] == flushed["pool_tokens"] and flushed["evictable_tokens"] == 0, name
 
 
+LONG_PROMPT = [1] + [(i * 37) % 480 + 20 for i in range(149)]  # 150 tokens: two prefill chunks of 128; 10 pages
+
+
 def test_mla_selecting_policies(mla):
     """torch_native keeps Quest page bounds in latent space for the selecting policies next to exact page mass for
     the evicting ones, so all five policies run on one MLA server, in one batch: quest holding every page equals
     dense and with 2 pages selects (differs from dense, evicts nothing, holds O(N)); raas+quest equals raas while
-    its selection covers the prompt; raas+quest, h2o and streaming are bounded and equal the masked reference.
-    On triton a selecting request is refused (HTTP 400) and the server serves on."""
+    its selection covers the prompt, and differs from it once it selects 2 of a long prompt's 10 pages; raas+quest,
+    h2o and streaming are bounded and equal the masked reference, and so does raas after the long prompt's chunked
+    prefill (two absorbed extends, the second over the first chunk's latent rows). On triton a selecting request
+    is refused (HTTP 400) and the server serves on."""
     from concurrent.futures import ThreadPoolExecutor
 
     name, srv, hf = mla
@@ -154,17 +160,24 @@ def test_mla_selecting_policies(mla):
         assert err.value.code == 400 and "'quest'" in err.value.read().decode(), name
         assert len(gen(srv, PROMPT, 4)["output_ids"]) == 4
         return
-    asks = ({"kv_policy": "dense"}, {"kv_policy": "quest", "raas_budget": 256},
-            {"kv_policy": "quest", "raas_budget": BUDGET}, {"kv_policy": "raas", "raas_budget": 48},
-            {"kv_policy": "raas+quest", "raas_budget": 48, "raas_trace": True},
-            {"kv_policy": "h2o", "raas_budget": BUDGET, "raas_trace": True},
-            {"kv_policy": "streaming", "raas_budget": BUDGET, "raas_trace": True})
+    asks = ((PROMPT, {"kv_policy": "dense"}), (PROMPT, {"kv_policy": "quest", "raas_budget": 256}),
+            (PROMPT, {"kv_policy": "quest", "raas_budget": BUDGET}), (PROMPT, {"kv_policy": "raas", "raas_budget": 48}),
+            (PROMPT, {"kv_policy": "raas+quest", "raas_budget": 48, "raas_trace": True}),
+            (PROMPT, {"kv_policy": "h2o", "raas_budget": BUDGET, "raas_trace": True}),
+            (PROMPT, {"kv_policy": "streaming", "raas_budget": BUDGET, "raas_trace": True}),
+            (LONG_PROMPT, {"kv_policy": "raas", "raas_budget": BUDGET, "raas_trace": True}),
+            (LONG_PROMPT, {"kv_policy": "raas+quest", "raas_budget": BUDGET}))
     with ThreadPoolExecutor(len(asks)) as pool:  # one batch
-        dense, full, small, raas, rq, h2o, streaming = pool.map(lambda c: gen(srv, PROMPT, 96, **c), asks)
+        dense, full, small, raas, rq, h2o, streaming, long_raas, long_rq = pool.map(
+            lambda a: gen(srv, a[0], 96, **a[1]), asks)
     assert full["output_ids"] == dense["output_ids"] and full["meta_info"]["raas"]["evicted_pages"] == 0, name
     assert small["output_ids"] != dense["output_ids"] and small["meta_info"]["raas"]["evicted_pages"] == 0, name
     assert small["meta_info"]["raas"]["peak_kv_tokens"] >= len(PROMPT) + 95
     assert rq["output_ids"] == raas["output_ids"], name  # 3 prompt pages <= 3 selected: the same attention
+    assert long_rq["output_ids"] != long_raas["output_ids"], name  # 2 of 10 prompt pages selected per layer
+    assert long_rq["meta_info"]["raas"]["peak_kv_tokens"] <= bound(len(LONG_PROMPT), BUDGET)
+    assert long_raas["meta_info"]["raas"]["evicted_pages"] >= 2
+    assert masked_reference_error(hf, LONG_PROMPT, long_raas) < 1e-3, name
     for out, budget in ((rq, 48), (h2o, BUDGET), (streaming, BUDGET)):
         meta = out["meta_info"]["raas"]
         assert meta["evicted_pages"] >= 2 and meta["peak_kv_tokens"] <= bound(len(PROMPT), budget), meta

@@ -27,13 +27,16 @@ def _brute_bound(q, keys, sm_scale):
     return best
 
 
-def test_selection_is_top_k_by_quest_bound(monkeypatch):
+# (KV heads, key width): per-head GQA keys; an MLA latent row (one KV head of kv_lora_rank + rope, every query head
+# in its group: the tiny DeepSeek-V2's 256 + 32)
+@pytest.mark.parametrize("kvh,d", [(2, 8), (1, 288)])
+def test_selection_is_top_k_by_quest_bound(monkeypatch, kvh, d):
     from types import SimpleNamespace
 
     from sglang.srt.model_executor.forward_batch_info import ForwardMode
 
     torch.manual_seed(0)
-    L, slots, kvh, d = 3, 512, 2, 8
+    L, slots = 3, 512
     rt = runtime.Runtime(RaasConfig(policy="raas+quest", budget_tokens=L * PS, page_size=PS))
     req_to_token = torch.arange(4 * 128, dtype=torch.int32).view(4, 128) + PS  # distinct live slots
     rt.ensure_state(req_to_token)

@@ -141,8 +141,8 @@ def test_triton_window_second_turn_and_leak_free(windowed_triton):
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["gpt-oss", "gpt-oss-hybrid", "gemma4-hybrid"])
 def test_triton_window_retraction_resumes_bounded_and_exact(tmp_path, family):
-    """gpt-oss and Gemma 4 on triton through retractions (SGLang retracts every 37 decode steps): each request with evictions
-    resumes by recomputing only its pinned prompt and kept pages; the window layers' extend over the holes is
+    """gpt-oss and Gemma 4 on triton through retractions (SGLang retracts every 37 decode steps): each request with
+    evictions resumes by recomputing only its pinned prompt and kept pages; the window layers' extend over the holes is
     recomputed by logical position, with the sinks (`reprefill_attention.triton_windowed_extend`); each stays within
     its bound and equals the reference replaying each re-prefill's masks."""
     from transformers import AutoModelForCausalLM

@@ -139,3 +139,22 @@ def test_counts_and_window_mapping():
     assert torch.equal(mapping[slots], pool.translate_loc_from_full_to_swa(slots)) and bool((mapping[slots] > 0).all())
     assert swa_pool.window_mapping(SimpleNamespace()) is None and swa_pool.full_counts(SimpleNamespace(
         available_size=lambda: 5, size=9)) == (5, 9)
+
+
+def test_pool_name_refuses_window_layers_of_another_kv_shape():
+    """The loaded check reads `SWAKVPool` (served) only when the window pool's K/V shape is the full pool's: the
+    Quest page bounds hold one key shape. The released Gemma 4 checkpoints differ (window head_dim 256, full 512)."""
+    from sglang.srt.mem_cache.swa_memory_pool import SWAKVPool
+
+    from raas_sglang.patches.model_checks import pool_name
+    from raas_sglang.refusal_context import pool_supported
+
+    same, _, _ = _pools()
+    assert pool_name(same) == "SWAKVPool" and pool_supported(pool_name(same), "SWATokenToKVPoolAllocator")
+    common = dict(page_size=PS, device="cpu", enable_memory_saver=False)
+    other = SWAKVPool(size=FULL, size_swa=SWA, page_size=PS, dtype=torch.float32, head_num=1, head_dim=8,
+                      swa_attention_layer_ids=[0], full_attention_layer_ids=[1], device="cpu",
+                      swa_kv_pool_kwargs={**common, "head_num": 2, "head_dim": 4, "allocation_label": "SWA"})
+    name = pool_name(other)
+    assert name == "SWAKVPool(MHATokenToKVPool: K/V 1 x 8/8, MHATokenToKVPool: K/V 2 x 4/4)", name
+    assert not pool_supported(name, "SWATokenToKVPoolAllocator")

@@ -3,9 +3,10 @@
 
     python -m raas_sglang.dev.family_models [FAMILY ...]      # into .models/family/<name>
 
-Each model has 2 layers (gemma3: 6, 5 sliding + 1 full; gemma4: 6, 2 of 3 sliding), hidden 64, 4 query heads, float32, vocab 512, and the
-tiny model's tokenizer (`raas_sglang.dev.tiny_model`). A family's entry gives its config class, the fields that
-make it that family, and the `config.json` extras real checkpoints carry that SGLang reads.
+Each model has 2 layers (gemma3: 6, 5 sliding + 1 full; gemma4: 6, 2 of 3 sliding), hidden 64, 4 query heads,
+float32, vocab 512, and the tiny model's tokenizer (`raas_sglang.dev.tiny_model`). A family's entry gives its
+config class, the fields that make it that family, and the `config.json` extras real checkpoints carry that SGLang
+reads.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ BASE = dict(hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_atte
 # config of a `gemma4_text` model), and what SGLang's config parser adds for a multimodal `gemma4` checkpoint
 _GEMMA4 = dict(num_hidden_layers=6, head_dim=16, global_head_dim=16, sliding_window=32, tie_word_embeddings=True,
                hidden_size_per_layer_input=16, vocab_size_per_layer_input=512,
-               layer_types=["sliding_attention"] * 2 + ["full_attention"] + ["sliding_attention"] * 2 + ["full_attention"])
+               layer_types=(["sliding_attention"] * 2 + ["full_attention"]) * 2)
 _GEMMA4_EXTRAS = dict(swa_head_dim=16, swa_v_head_dim=16, swa_num_key_value_heads=2, v_head_dim=16)
 
 
