@@ -35,6 +35,18 @@ def gen_policies(server, ids, n, policies, budget: int) -> list[dict]:
                              policies))
 
 
+def assert_policies_bounded_and_exact(server, hf, prompt, n: int, policies, budget: int, min_evicted: int,
+                                      triton: bool = False) -> list[dict]:
+    """One batch of traced requests, one per policy (none of them streaming): each evicts at least `min_evicted`
+    pages, peaks exactly at the bound, and equals the HF model masked to what it kept; returns the responses."""
+    outs = gen_policies(server, prompt, n, policies, budget)
+    for out in outs:
+        raas = out["meta_info"]["raas"]
+        assert raas["evicted_pages"] >= min_evicted and raas["peak_kv_tokens"] == bound(len(prompt), budget), raas
+        assert masked_reference_error(hf, prompt, out, triton=triton) < 1e-3, raas["policy"]
+    return outs
+
+
 def streaming_window(prompt_len: int, budget: int, policy: str, ps: int = 16):
     """`masked_reference_error`'s `window` for a request of `policy`: streaming's (sink page, recent window of
     `budget` tokens, pinned through the end of the partial prompt page); None for any other policy."""

@@ -33,7 +33,8 @@ import torch
 
 from conftest import STRICT_ENV, serve
 from raas_helpers import (
-    assert_raas_equals_dense, bound, flush, gen, gen_policies, masked_reference_error, streaming_window,
+    assert_policies_bounded_and_exact, assert_raas_equals_dense, bound, flush, gen, gen_policies,
+    masked_reference_error, streaming_window,
 )
 from raas_sglang.dev import family_models
 
@@ -232,11 +233,7 @@ def test_mla_tensor_parallel(backend, tmp_path):
                 "--tp-size", "2", tmp=tmp_path, env={**STRICT_ENV, **BACKEND_ENV[backend], "RAAS_CHECK_RANKS": "1"})
     try:
         hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-        outs = gen_policies(srv, PROMPT, 72, ("raas", "h2o"), BUDGET)
-        for out in outs:
-            raas = out["meta_info"]["raas"]
-            assert raas["evicted_pages"] >= 2 and raas["peak_kv_tokens"] == bound(len(PROMPT), BUDGET), raas
-            assert masked_reference_error(hf, PROMPT, out) < 1e-3, raas["policy"]
+        assert_policies_bounded_and_exact(srv, hf, PROMPT, 72, ("raas", "h2o"), BUDGET, 2)
     finally:
         srv.stop()
 

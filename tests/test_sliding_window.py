@@ -18,7 +18,8 @@ import torch
 
 from conftest import STRICT_ENV, serve, serve_all
 from raas_helpers import (
-    assert_raas_equals_dense, bound, flush, gen, gen_policies, masked_reference_error, streaming_window,
+    assert_policies_bounded_and_exact, assert_raas_equals_dense, bound, flush, gen, gen_policies,
+    masked_reference_error, streaming_window,
 )
 from raas_sglang.dev import family_models
 from raas_sglang.dev.launch import ALL_KV_CHECKS
@@ -227,11 +228,7 @@ def test_windowed_tensor_parallel(family, tmp_path):
                 env={**STRICT_ENV, **env, "RAAS_CHECK_RANKS": "1"})
     try:
         hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-        outs = gen_policies(srv, PROMPT, 100, ("raas", "h2o"), BUDGET)
-        for out in outs:
-            raas = out["meta_info"]["raas"]
-            assert raas["evicted_pages"] >= 4 and raas["peak_kv_tokens"] == bound(len(PROMPT), BUDGET), raas
-            assert masked_reference_error(hf, PROMPT, out, triton=triton) < 1e-3, raas["policy"]
+        assert_policies_bounded_and_exact(srv, hf, PROMPT, 100, ("raas", "h2o"), BUDGET, 4, triton=triton)
         info = _info(srv)
         assert info["tp_size"] == 2 and info["free_tokens"] + info["evictable_tokens"] == info["pool_tokens"], info
         if "swa_pool_tokens" in info:
