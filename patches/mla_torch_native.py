@@ -21,22 +21,30 @@ Upstream symbols hooked (sglang 0.5.23, `sglang/srt/models/deepseek_v2.py`):
 
 from __future__ import annotations
 
+import functools
+
 from raas_sglang.patches import runtime
 
 MODULE = "sglang.srt.models.deepseek_v2"
 TORCH_NATIVE = "torch_native"
 
 
+@functools.cache
+def _upstream():
+    """(`_dispatch_mla_subtype`, `resolve_rocm_forward_method`), imported once (the hook runs per layer and forward;
+    the module is imported only by a DeepSeek server)."""
+    from sglang.srt.models.deepseek_common import attention_backend_handler as h
+
+    return h._dispatch_mla_subtype, h.resolve_rocm_forward_method
+
+
 def dispatch_attn_forward_method(orig, self, forward_batch):
     """AROUND hook: the absorbed MLA path for every forward of an MLA layer on torch_native under RaaS."""
-    method = orig(self, forward_batch)
+    method = orig(self, forward_batch)  # NOTE: first: it stamps `current_attention_backend` for this forward
     if getattr(self, "current_attention_backend", None) != TORCH_NATIVE or runtime.get() is None:
         return method
-    from sglang.srt.models.deepseek_common.attention_backend_handler import (
-        _dispatch_mla_subtype, resolve_rocm_forward_method,
-    )
-
-    return resolve_rocm_forward_method(_dispatch_mla_subtype(self, forward_batch))
+    dispatch_mla, resolve_rocm = _upstream()
+    return resolve_rocm(dispatch_mla(self, forward_batch))
 
 
 HOOKS = ((MODULE + ".DeepseekV2AttentionMLA.dispatch_attn_forward_method", dispatch_attn_forward_method, "AROUND"),)
